@@ -1,0 +1,42 @@
+"""mambarec_pyg: MambaRec (CIKM 2025) multimodal recommendation on PyTorch Geometric.
+
+The public API::
+
+    from mambarec_pyg import MambaRec, load_mmrec, make_synthetic, Trainer, evaluate
+
+Names are imported on first use, so ``import mambarec_pyg`` stays cheap.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = '0.1.0'
+
+_EXPORTS = {
+    'MambaRec': 'mambarec_pyg.models.mambarec',
+    'load_mmrec': 'mambarec_pyg.data.mmrec',
+    'write_mmrec': 'mambarec_pyg.data.mmrec',
+    'make_synthetic': 'mambarec_pyg.data.synthetic',
+    'Trainer': 'mambarec_pyg.train.trainer',
+    'evaluate': 'mambarec_pyg.train.evaluate',
+    'Config': 'mambarec_pyg.config',
+    'DataConfig': 'mambarec_pyg.config',
+    'MambaRecConfig': 'mambarec_pyg.config',
+    'TrainConfig': 'mambarec_pyg.config',
+}
+
+__all__ = sorted(_EXPORTS) + ['__version__']
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__
