@@ -1,0 +1,509 @@
+r"""Reading and writing datasets in the MMRec format.
+
+The MMRec framework (which the released MambaRec is built on) stores one dataset per
+directory ``root/<name>/``:
+
+* ``<name>.inter`` -- a tab-separated interaction table with the header
+  ``userID  itemID  rating  timestamp  x_label``. Ids are dense integers
+  (``0..U-1`` and ``0..N-1``); ``x_label`` is ``0`` for a training interaction,
+  ``1`` for validation and ``2`` for test (a per-user random 8:1:1 split of a 5-core
+  filtered set). Only ``userID``, ``itemID`` and ``x_label`` are used; ``rating`` and
+  ``timestamp`` may be absent.
+* ``<modality>_feat.npy`` -- one float array ``[N, D_m]`` per item modality, row ``i``
+  belonging to item ``i`` (the paper's files are ``image_feat.npy``, 4096-d VGG16 fc7
+  features, and ``text_feat.npy``, 384-d sentence embeddings).
+
+Following MMRec's conventions, the number of users ``U`` and items ``N`` are the
+largest id plus one over the whole file, and users without any training interaction
+are left out of validation and test (they cannot be scored by a model that learns from
+training interactions only).
+
+:func:`load_mmrec` turns such a directory into a :class:`~torch_geometric.data.HeteroData`
+with node types ``'user'`` and ``'item'``, one float32 feature store per modality on
+``'item'``, training edges ``data['user', 'interacts', 'item'].edge_index`` for message
+passing, and supervision edges in PyG's ``edge_label_index`` convention
+(``valid_edge_label_index``, ``test_edge_label_index``). :func:`write_mmrec` writes one
+back; a write either completes or leaves nothing behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import os
+import re
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+from torch_geometric.data import HeteroData
+
+from ..io import atomic_path
+from .errors import DataError, DataWarning, did_you_mean
+
+PathLike = Union[str, os.PathLike]
+
+#: The edge type of user-item interactions.
+UI: Tuple[str, str, str] = ('user', 'interacts', 'item')
+
+#: Columns of an MMRec ``.inter`` file, in the order :func:`write_mmrec` writes them.
+INTER_COLUMNS: Tuple[str, ...] = ('userID', 'itemID', 'rating', 'timestamp', 'x_label')
+#: Columns :func:`load_mmrec` needs.
+REQUIRED_COLUMNS: Tuple[str, ...] = ('userID', 'itemID', 'x_label')
+#: ``x_label`` value of each split.
+SPLIT_LABELS: Dict[str, int] = {'train': 0, 'valid': 1, 'test': 2}
+#: Suffix of an item-feature file: ``<modality>_feat.npy``.
+FEATURE_SUFFIX = '_feat.npy'
+
+# Attribute names of the item store a modality may not take.
+_RESERVED = frozenset({'num_nodes', 'topic', 'x', 'node_id'})
+_INT_RE = re.compile(r'\s*[+-]?\d+\s*')
+# Largest id accepted per interaction row (dense ids give at most one per row).
+_MAX_ID_FACTOR = 10
+
+
+# ---------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------
+def load_mmrec(root: PathLike, name: str,
+               modalities: Optional[Sequence[str]] = None,
+               verbose: bool = False) -> HeteroData:
+    r"""Load the MMRec dataset ``root/name/`` as a :class:`HeteroData`.
+
+    Args:
+        root: the directory holding one folder per dataset.
+        name: the dataset's folder, which holds ``<name>.inter`` and the
+            ``<modality>_feat.npy`` files.
+        modalities: which feature files to load, by modality name, in this order;
+            ``None`` loads every ``*_feat.npy`` in sorted order (``('image', 'text')``
+            for the paper's files).
+        verbose: print the dataset summary (:func:`~mambarec_pyg.data.summarize`).
+
+    Returns:
+        ``data`` with ``data['user'].num_nodes = U``, ``data['item'].num_nodes = N``,
+        ``data['item'][m]`` a float32 ``[N, D_m]`` tensor per modality ``m``,
+        ``data.modalities`` the modality names in order, ``data.name``,
+        ``data[UI].edge_index`` the training interactions ``[2, E_train]`` (row 0 users,
+        row 1 items, file order), ``data[UI].valid_edge_label_index`` and
+        ``data[UI].test_edge_label_index`` the supervision edges, and
+        ``data.num_dropped_eval_users = {'valid': a, 'test': b}``.
+
+    Raises:
+        DataError: a missing file or column, a malformed value (with its line), or
+            features that do not match the items.
+
+    Duplicate ``(userID, itemID)`` pairs are dropped (the first one kept) and users
+    without a training interaction are left out of validation and test; both emit a
+    :class:`~mambarec_pyg.data.errors.DataWarning` saying how many.
+    """
+    directory = Path(root) / name
+    if not directory.is_dir():
+        hint = ''
+        if Path(root).is_dir():
+            found = sorted(p.name for p in Path(root).iterdir() if p.is_dir())
+            hint = did_you_mean(name, found) or (
+                f"; found: {', '.join(found)}" if found else '')
+        raise DataError(f"dataset directory '{directory}' not found{hint}")
+    inter = directory / f'{name}.inter'
+    if not inter.is_file():
+        others = sorted(p.name for p in directory.glob('*.inter'))
+        hint = f"; found: {', '.join(others)}" if others else ''
+        raise DataError(f"interaction file '{inter}' not found (expected "
+                        f"'<name>/<name>.inter'){hint}")
+    feature_files = _select_modalities(directory, modalities)
+
+    users, items, labels = read_inter(inter)
+    num_users = int(users.max()) + 1
+    num_items = int(items.max()) + 1
+    users, items, labels = _drop_duplicates(inter, users, items, labels, num_items)
+    train = labels == SPLIT_LABELS['train']
+    if not train.any():
+        raise DataError(f"{inter}: the training split is empty (no row with x_label "
+                        f"0); expected at least one training interaction")
+
+    data = HeteroData()
+    data.name = name
+    data['user'].num_nodes = num_users
+    data['item'].num_nodes = num_items
+    for modality, path in feature_files.items():
+        data['item'][modality] = read_features(path, num_items, inter.name)
+    data.modalities = tuple(feature_files)
+
+    has_train = np.zeros(num_users, dtype=bool)
+    has_train[users[train]] = True
+    store = data[UI]
+    store.edge_index = _edges(users[train], items[train])
+    dropped: Dict[str, int] = {}
+    dropped_edges: Dict[str, int] = {}
+    for split in ('valid', 'test'):
+        mask = labels == SPLIT_LABELS[split]
+        keep = mask & has_train[users]
+        gone = mask & ~keep
+        dropped[split] = int(np.unique(users[gone]).size)
+        dropped_edges[split] = int(gone.sum())
+        store[f'{split}_edge_label_index'] = _edges(users[keep], items[keep])
+    data.num_dropped_eval_users = dropped
+    if any(dropped.values()):
+        warnings.warn(
+            f"{inter}: users without a training interaction left out of evaluation: "
+            f"{dropped['valid']} from valid ({dropped_edges['valid']} interactions), "
+            f"{dropped['test']} from test ({dropped_edges['test']} interactions)",
+            DataWarning, stacklevel=2)
+    if verbose:
+        from .summary import summarize
+        print(summarize(data))
+    return data
+
+
+def read_inter(path: PathLike) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read and check an MMRec ``.inter`` file.
+
+    Returns the ``userID``, ``itemID`` and ``x_label`` columns as ``int64`` arrays in
+    file order. The fast path reads the file once, checks the field count of every
+    line by counting tab bytes and parses the three columns with pandas and fixed
+    integer dtypes; only when that fails, or a value is out of range, is the file
+    scanned line by line to report the first offending line (1-based, the header being
+    line 1).
+    """
+    path = Path(path)
+    header = _read_header(path)
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        extra = [c for c in header if c not in INTER_COLUMNS]
+        hints = '; '.join(f"'{m}' not found{did_you_mean(m, extra or header)}"
+                          for m in missing)
+        raise DataError(
+            f"{path.name}: line 1 (header): expected tab-separated columns "
+            f"{', '.join(INTER_COLUMNS)} ({', '.join(REQUIRED_COLUMNS)} required), "
+            f"found {header!r}: {hints}")
+    raw = path.read_bytes()
+    # Every line must have as many fields as the header (pandas ignores surplus fields
+    # of columns it does not read); counting tab bytes checks that in one pass.
+    lines = raw.count(b'\n') + (0 if raw.endswith(b'\n') else 1)
+    if raw.count(b'\t') != (len(header) - 1) * lines:
+        _scan_for_problem(path, header)  # blank lines are fine and raise nothing
+    try:
+        frame = pd.read_csv(io.BytesIO(raw), sep='\t', usecols=list(REQUIRED_COLUMNS),
+                            dtype={c: np.int64 for c in REQUIRED_COLUMNS},
+                            engine='c', na_filter=False)
+    except (ValueError, TypeError, pd.errors.ParserError) as e:
+        _scan_for_problem(path, header)
+        raise DataError(f'{path.name}: could not be read as an MMRec interaction '
+                        f'file: {e}') from None
+    users = frame['userID'].to_numpy(dtype=np.int64)
+    items = frame['itemID'].to_numpy(dtype=np.int64)
+    labels = frame['x_label'].to_numpy(dtype=np.int64)
+    if users.size == 0:
+        raise DataError(f'{path.name}: no interactions after the header; the '
+                        f'training split is empty')
+    if users.min() < 0 or items.min() < 0 or labels.min() < 0 or labels.max() > 2:
+        _scan_for_problem(path, header)
+        raise DataError(f'{path.name}: a negative id or an x_label outside 0, 1, 2')
+    # Ids are dense (MMRec numbers users and items from 0); a largest id far beyond the
+    # number of rows means raw ids, and U = max id + 1 would be absurd.
+    for column, ids in (('userID', users), ('itemID', items)):
+        largest = int(ids.max())
+        if largest >= _MAX_ID_FACTOR * ids.size + 1000:
+            line = _line_of(path, header, column, largest)
+            raise DataError(f"{path.name}: line {line}, column '{column}': id "
+                            f"{largest} is far larger than the {ids.size} "
+                            f"interactions; expected dense ids 0..n-1 (map raw ids "
+                            f"to consecutive integers first)")
+    return users, items, labels
+
+
+def read_features(path: PathLike, num_items: int, inter_name: str = '.inter') -> Tensor:
+    """Read ``<modality>_feat.npy`` as a float32 ``[num_items, D]`` tensor.
+
+    The array is memory-mapped and copied once, converting to float32 on the way.
+    Finiteness is checked through one float64 sum (any NaN or inf makes it non-finite,
+    and float32 values cannot overflow a float64 sum); only then are rows inspected.
+    """
+    path = Path(path)
+    try:
+        array = np.load(path, mmap_mode='r', allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise DataError(f'{path.name}: not a readable .npy array ({e})') from None
+    if array.ndim != 2:
+        raise DataError(f'{path.name}: expected a 2-D array [items, dim], found '
+                        f'shape {tuple(array.shape)}')
+    if array.shape[0] != num_items:
+        raise DataError(f'{path.name}: found {array.shape[0]} rows, expected '
+                        f'{num_items} (one per item; the number of items is the '
+                        f'largest itemID in {inter_name} plus one)')
+    if not (np.issubdtype(array.dtype, np.floating)
+            or np.issubdtype(array.dtype, np.integer)):
+        raise DataError(f'{path.name}: expected a float array, found dtype '
+                        f'{array.dtype}')
+    features = torch.from_numpy(np.array(array, dtype=np.float32, order='C'))
+    del array
+    if not torch.isfinite(features.sum(dtype=torch.float64)):
+        bad = ~torch.isfinite(features).all(dim=1)
+        if bad.any():
+            rows = bad.nonzero().view(-1)
+            raise DataError(f'{path.name}: {rows.numel()} rows contain NaN or inf '
+                            f'(first bad row: {int(rows[0])}); expected finite '
+                            f'features')
+    return features
+
+
+def feature_files(directory: PathLike) -> Dict[str, Path]:
+    """The ``<modality>_feat.npy`` files in ``directory``, by modality, sorted."""
+    directory = Path(directory)
+    found = sorted(p for p in directory.iterdir()
+                   if p.name.endswith(FEATURE_SUFFIX) and p.is_file()
+                   and len(p.name) > len(FEATURE_SUFFIX))
+    return {p.name[:-len(FEATURE_SUFFIX)]: p for p in found}
+
+
+def _select_modalities(directory: Path,
+                       modalities: Optional[Sequence[str]]) -> Dict[str, Path]:
+    found = feature_files(directory)
+    if not found:
+        raise DataError(f"{directory}: no item feature files found; expected one "
+                        f"'<modality>{FEATURE_SUFFIX}' per modality (e.g. "
+                        f"image{FEATURE_SUFFIX}, text{FEATURE_SUFFIX})")
+    if modalities is None:
+        selected = list(found)
+    else:
+        selected = [modalities] if isinstance(modalities, str) else list(modalities)
+        if not selected:
+            raise DataError(f'{directory}: modalities=[] selects nothing; found: '
+                            f"{', '.join(found)}")
+        for m in selected:
+            if m not in found:
+                raise DataError(f"{directory}: modality '{m}' not found (no "
+                                f"'{m}{FEATURE_SUFFIX}'){did_you_mean(m, found)}; "
+                                f"found: {', '.join(found)}")
+        if len(set(selected)) != len(selected):
+            raise DataError(f'{directory}: modalities listed twice in {selected}')
+    for m in selected:
+        if m in _RESERVED or not m.isidentifier():
+            raise DataError(f"{found[m].name}: modality name '{m}' cannot be used; "
+                            f'expected an identifier other than '
+                            f"{', '.join(sorted(_RESERVED))}")
+    return {m: found[m] for m in selected}
+
+
+def _read_header(path: Path) -> List[str]:
+    with open(path, 'r', encoding='utf-8', newline='') as f:
+        line = f.readline()
+    line = line.rstrip('\r\n').lstrip('\ufeff')
+    if not line.strip():
+        raise DataError(f'{path.name}: line 1: empty; expected the tab-separated '
+                        f"header {' '.join(INTER_COLUMNS)}")
+    return line.split('\t')
+
+
+def _scan_for_problem(path: Path, header: List[str]) -> None:
+    """Raise a :class:`DataError` naming the first bad line of ``path``, if any.
+
+    The slow path behind :func:`read_inter`: plain Python over the raw lines, so the
+    reported line numbers are exact (blank lines counted, as an editor would).
+    """
+    cols = {c: header.index(c) for c in REQUIRED_COLUMNS}
+    with open(path, 'r', encoding='utf-8', newline='') as f:
+        f.readline()
+        for lineno, line in enumerate(f, start=2):
+            line = line.rstrip('\r\n')
+            if not line.strip():
+                continue
+            fields = line.split('\t')
+            if len(fields) != len(header):
+                raise DataError(f'{path.name}: line {lineno}: expected '
+                                f'{len(header)} tab-separated fields as in the '
+                                f'header, found {len(fields)}')
+            for column in ('userID', 'itemID'):
+                value = fields[cols[column]]
+                if not _INT_RE.fullmatch(value) or int(value) < 0:
+                    raise DataError(f"{path.name}: line {lineno}, column '{column}': "
+                                    f'expected a non-negative integer id, got '
+                                    f'{value!r}')
+            value = fields[cols['x_label']]
+            if not _INT_RE.fullmatch(value) or int(value) not in (0, 1, 2):
+                raise DataError(f"{path.name}: line {lineno}, column 'x_label': "
+                                f'expected 0 (train), 1 (valid) or 2 (test), got '
+                                f'{value!r}')
+
+
+def _line_of(path: Path, header: List[str], column: str, value: int) -> int:
+    """The first line (1-based) whose ``column`` holds ``value``."""
+    col = header.index(column)
+    with open(path, 'r', encoding='utf-8', newline='') as f:
+        f.readline()
+        for lineno, line in enumerate(f, start=2):
+            fields = line.rstrip('\r\n').split('\t')
+            if len(fields) > col and _INT_RE.fullmatch(fields[col]) and int(
+                    fields[col]) == value:
+                return lineno
+    return 0
+
+
+def _drop_duplicates(path: Path, users: np.ndarray, items: np.ndarray,
+                     labels: np.ndarray, num_items: int):
+    key = users * num_items + items
+    _, first = np.unique(key, return_index=True)
+    if first.size == key.size:
+        return users, items, labels
+    warnings.warn(f'{path}: dropped {key.size - first.size} duplicate (userID, itemID) '
+                  f'interactions, keeping the first occurrence of each', DataWarning,
+                  stacklevel=3)
+    keep = np.sort(first)
+    return users[keep], items[keep], labels[keep]
+
+
+def _edges(users: np.ndarray, items: np.ndarray) -> Tensor:
+    return torch.from_numpy(np.stack([users, items]).astype(np.int64, copy=False))
+
+
+# ---------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------
+def write_mmrec(data: HeteroData, root: PathLike, name: str, *,
+                overwrite: bool = False,
+                extra_files: Optional[Mapping[str, Union[str, bytes, np.ndarray]]] = None
+                ) -> Path:
+    r"""Write ``data`` as the MMRec dataset ``root/name/``; return that directory.
+
+    Writes ``<name>.inter`` (training edges, then validation, then test, each in its
+    stored order; ``rating`` written as ``1.0`` and ``timestamp`` as ``0``, since the
+    data object keeps neither) and one ``<modality>_feat.npy`` (float32) per entry of
+    ``data.modalities``. :func:`load_mmrec` on the result gives back identical tensors.
+
+    ``extra_files`` are written into the same directory in the same step: text,
+    bytes, or arrays (saved as ``.npy``); their names may not clash with the format's.
+
+    The directory is assembled under a temporary name next to its destination (each
+    file through :func:`mambarec_pyg.io.atomic_path`) and renamed into place at the
+    end, so a failure leaves nothing behind.
+
+    Raises:
+        FileExistsError: ``root/name`` exists and ``overwrite`` is false.
+        DataError: ``data`` cannot be represented in the format (for instance a last
+            user without interactions, since the format derives ``U`` from the ids).
+    """
+    directory = Path(root) / name
+    table, modalities = _inter_table(data)
+    features = {m: data['item'][m] for m in modalities}
+    extra_files = dict(extra_files or {})
+    for file in extra_files:
+        if (file == f'{name}.inter' or file.endswith(FEATURE_SUFFIX)
+                or Path(file).name != file):
+            raise ValueError(f"extra file name {file!r}: expected a plain file name "
+                             f"other than '{name}.inter' and '*{FEATURE_SUFFIX}'")
+    with _atomic_directory(directory, overwrite) as tmp:
+        with atomic_path(tmp / f'{name}.inter') as path:
+            table.to_csv(path, sep='\t', index=False, lineterminator='\n')
+        for modality, value in features.items():
+            array = value.detach().cpu().numpy().astype(np.float32, copy=False)
+            with atomic_path(tmp / f'{modality}{FEATURE_SUFFIX}') as path:
+                with open(path, 'wb') as f:
+                    np.save(f, array, allow_pickle=False)
+        for file, content in extra_files.items():
+            with atomic_path(tmp / file) as path:
+                if isinstance(content, np.ndarray):
+                    with open(path, 'wb') as f:
+                        np.save(f, content, allow_pickle=False)
+                elif isinstance(content, bytes):
+                    path.write_bytes(content)
+                else:
+                    path.write_text(content)
+    return directory
+
+
+def _inter_table(data: HeteroData) -> Tuple[pd.DataFrame, Tuple[str, ...]]:
+    if UI not in data.edge_types or 'edge_index' not in data[UI]:
+        raise DataError(f'data: expected training edges data[{UI!r}].edge_index')
+    store = data[UI]
+    parts = []
+    for split, label in SPLIT_LABELS.items():
+        key = 'edge_index' if split == 'train' else f'{split}_edge_label_index'
+        edges = store[key] if key in store else torch.empty(2, 0, dtype=torch.long)
+        if edges.dim() != 2 or edges.size(0) != 2:
+            raise DataError(f'data[{UI!r}].{key}: expected shape [2, E], found '
+                            f'{tuple(edges.shape)}')
+        edges = edges.detach().cpu().numpy().astype(np.int64, copy=False)
+        parts.append((edges, np.full(edges.shape[1], label, dtype=np.int64)))
+    edges = np.concatenate([p[0] for p in parts], axis=1)
+    labels = np.concatenate([p[1] for p in parts])
+    num_users, num_items = data['user'].num_nodes, data['item'].num_nodes
+    for row, kind, count in ((0, 'user', num_users), (1, 'item', num_items)):
+        ids = edges[row]
+        if ids.size and (ids.min() < 0 or ids.max() >= count):
+            raise DataError(f"data: {kind} ids outside 0..{count - 1} "
+                            f"(data['{kind}'].num_nodes = {count})")
+        if ids.size == 0 or ids.max() + 1 != count:
+            raise DataError(f"data: the MMRec format derives the number of {kind}s "
+                            f"from the largest id, but {kind} {count - 1} has no "
+                            f"interaction (data['{kind}'].num_nodes = {count})")
+    modalities = tuple(getattr(data, 'modalities', None) or ())
+    if not modalities:
+        raise DataError('data.modalities: expected at least one item modality')
+    for m in modalities:
+        if m not in data['item']:
+            raise DataError(f"data['item'].{m}: listed in data.modalities but absent")
+        x = data['item'][m]
+        if x.dim() != 2 or x.size(0) != num_items:
+            raise DataError(f"data['item'].{m}: expected shape [{num_items}, D], "
+                            f'found {tuple(x.shape)}')
+    table = pd.DataFrame({
+        'userID': edges[0],
+        'itemID': edges[1],
+        'rating': np.ones(edges.shape[1], dtype=np.float32),
+        'timestamp': np.zeros(edges.shape[1], dtype=np.int64),
+        'x_label': labels,
+    }, columns=list(INTER_COLUMNS))
+    return table, modalities
+
+
+@contextlib.contextmanager
+def _atomic_directory(directory: Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary directory that becomes ``directory`` when the block succeeds.
+
+    The temporary directory lives next to the destination (same file system, so the
+    final step is a rename) and is removed, with everything in it, on failure.
+    """
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    if directory.exists() and not overwrite:
+        raise FileExistsError(f"'{directory}' exists; pass overwrite=True to replace it")
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f'.{directory.name}.',
+                                suffix='.tmp'))
+    old: Optional[Path] = None
+    try:
+        yield tmp
+        _make_readable(tmp)
+        if directory.exists():
+            if not overwrite:
+                raise FileExistsError(f"'{directory}' appeared while writing")
+            old = Path(tempfile.mkdtemp(dir=directory.parent,
+                                        prefix=f'.{directory.name}.', suffix='.old'))
+            os.replace(directory, old / 'previous')
+        try:
+            os.rename(tmp, directory)
+        except OSError as e:
+            if old is not None:  # put the previous version back
+                os.replace(old / 'previous', directory)
+            if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise FileExistsError(f"'{directory}' appeared while writing") from None
+            raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _make_readable(directory: Path) -> None:
+    # Temporary files and directories are created owner-only; a finished dataset gets
+    # the permissions of an ordinary file under the current umask.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(directory, 0o777 & ~umask)
+    for p in directory.iterdir():
+        os.chmod(p, 0o666 & ~umask)
