@@ -1,16 +1,19 @@
 """Atomic file writing: a reader never sees a half-written file.
 
-Every writer in the library goes through :func:`atomic_path`: it hands out a temporary
-path in the destination directory and renames it onto the destination only when the
-block finishes without an exception; otherwise the temporary file is removed.
+Every writer in the library goes through :func:`atomic_path` (one file) or
+:func:`atomic_directory` (a directory of files): each hands out a temporary path next to
+the destination and renames it onto the destination only when the block finishes
+without an exception; otherwise the temporary is removed.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator, Optional, Union
 
 PathLike = Union[str, os.PathLike]
 
@@ -50,3 +53,51 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+@contextlib.contextmanager
+def atomic_directory(directory: PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory that becomes ``directory`` when the block succeeds.
+
+    The temporary directory lives next to the destination (same file system, so the
+    final step is a rename) and is removed, with everything in it, on failure.
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    if directory.exists() and not overwrite:
+        raise FileExistsError(f"'{directory}' exists; pass overwrite=True to replace it")
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f'.{directory.name}.',
+                                suffix='.tmp'))
+    old: Optional[Path] = None
+    try:
+        yield tmp
+        _make_readable(tmp)
+        if directory.exists():
+            if not overwrite:
+                raise FileExistsError(f"'{directory}' appeared while writing")
+            old = Path(tempfile.mkdtemp(dir=directory.parent,
+                                        prefix=f'.{directory.name}.', suffix='.old'))
+            os.replace(directory, old / 'previous')
+        try:
+            os.rename(tmp, directory)
+        except OSError as e:
+            if old is not None:  # put the previous version back
+                os.replace(old / 'previous', directory)
+            if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise FileExistsError(f"'{directory}' appeared while writing") from None
+            raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _make_readable(directory: Path) -> None:
+    # Temporary files and directories are created owner-only; a finished dataset gets
+    # the permissions of an ordinary file under the current umask.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(directory, 0o777 & ~umask)
+    for p in directory.iterdir():
+        os.chmod(p, 0o666 & ~umask)

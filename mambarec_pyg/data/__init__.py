@@ -5,6 +5,8 @@
 * :func:`make_synthetic` / :func:`synthetic_dataset` -- built-in synthetic data with
   planted multimodal structure, from a tiny test set to the sizes of the paper's Amazon
   datasets (:data:`PRESETS`);
+* :func:`prepare_amazon` -- one category of the 2014 Amazon data (ratings, metadata,
+  image features) written as an MMRec directory, as MMRec made the paper's datasets;
 * :func:`load_dataset` -- whichever of the two a :class:`~mambarec_pyg.config.DataConfig`
   names;
 * :func:`summarize` -- the dataset's numbers in the shape of the paper's Table 1;
@@ -18,9 +20,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from .amazon import prepare_amazon
 from .dataset import load_dataset
 from .errors import DataError, DataWarning
-from .mmrec import UI, load_mmrec, write_mmrec
+from .mmrec import UI, load_mmrec, split_labels, write_mmrec
 from .summary import DatasetSummary, summarize
 from .synthetic import PRESETS, SyntheticPreset, make_synthetic, synthetic_dataset
 
@@ -35,7 +38,7 @@ _LAZY = {
 __all__ = sorted([
     'UI', 'DataError', 'DataWarning', 'load_mmrec', 'write_mmrec', 'load_dataset',
     'summarize', 'DatasetSummary', 'make_synthetic', 'synthetic_dataset', 'PRESETS',
-    'SyntheticPreset', *_LAZY
+    'SyntheticPreset', 'prepare_amazon', 'split_labels', *_LAZY
 ])
 
 

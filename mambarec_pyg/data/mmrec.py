@@ -27,16 +27,12 @@ back; a write either completes or leaves nothing behind.
 """
 from __future__ import annotations
 
-import contextlib
-import errno
 import io
 import os
 import re
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -44,7 +40,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
-from ..io import atomic_path
+from ..io import atomic_directory, atomic_path
 from .errors import DataError, DataWarning, did_you_mean
 
 PathLike = Union[str, os.PathLike]
@@ -397,7 +393,7 @@ def write_mmrec(data: HeteroData, root: PathLike, name: str, *,
                 or Path(file).name != file):
             raise ValueError(f"extra file name {file!r}: expected a plain file name "
                              f"other than '{name}.inter' and '*{FEATURE_SUFFIX}'")
-    with _atomic_directory(directory, overwrite) as tmp:
+    with atomic_directory(directory, overwrite) as tmp:
         with atomic_path(tmp / f'{name}.inter') as path:
             table.to_csv(path, sep='\t', index=False, lineterminator='\n')
         for modality, value in features.items():
@@ -462,48 +458,23 @@ def _inter_table(data: HeteroData) -> Tuple[pd.DataFrame, Tuple[str, ...]]:
     return table, modalities
 
 
-@contextlib.contextmanager
-def _atomic_directory(directory: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary directory that becomes ``directory`` when the block succeeds.
+def split_labels(users: np.ndarray, num_users: int,
+                 rng: np.random.Generator) -> np.ndarray:
+    """``x_label`` per interaction by MMRec's per-user random split.
 
-    The temporary directory lives next to the destination (same file system, so the
-    final step is a rename) and is removed, with everything in it, on failure.
+    Each user's interactions are shuffled; a user with fewer than 10 interactions gets
+    exactly one validation (1) and one test (2) interaction, the rest train (0);
+    otherwise ``m = int(0.2 n)`` interactions are held out, ``m // 2`` for validation
+    and ``m - m // 2`` for test. Vectorised: one lexsort by (user, random key).
     """
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    if directory.exists() and not overwrite:
-        raise FileExistsError(f"'{directory}' exists; pass overwrite=True to replace it")
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f'.{directory.name}.',
-                                suffix='.tmp'))
-    old: Optional[Path] = None
-    try:
-        yield tmp
-        _make_readable(tmp)
-        if directory.exists():
-            if not overwrite:
-                raise FileExistsError(f"'{directory}' appeared while writing")
-            old = Path(tempfile.mkdtemp(dir=directory.parent,
-                                        prefix=f'.{directory.name}.', suffix='.old'))
-            os.replace(directory, old / 'previous')
-        try:
-            os.rename(tmp, directory)
-        except OSError as e:
-            if old is not None:  # put the previous version back
-                os.replace(old / 'previous', directory)
-            if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                raise FileExistsError(f"'{directory}' appeared while writing") from None
-            raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _make_readable(directory: Path) -> None:
-    # Temporary files and directories are created owner-only; a finished dataset gets
-    # the permissions of an ordinary file under the current umask.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(directory, 0o777 & ~umask)
-    for p in directory.iterdir():
-        os.chmod(p, 0o666 & ~umask)
+    U = num_users
+    E = users.size
+    order = np.lexsort((rng.random(E), users))
+    sorted_users = users[order]
+    pos = np.arange(E) - np.searchsorted(sorted_users, sorted_users)
+    n = np.bincount(users, minlength=U)[sorted_users]
+    m = np.where(n < 10, 2, (0.2 * n).astype(np.int64))
+    n_valid = np.where(n < 10, 1, m // 2)
+    label = np.zeros(E, dtype=np.int64)
+    label[order] = np.where(pos < n_valid, 1, np.where(pos < m, 2, 0))
+    return label

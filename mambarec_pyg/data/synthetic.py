@@ -58,7 +58,7 @@ import torch
 from torch_geometric.data import HeteroData
 
 from .errors import DataError
-from .mmrec import FEATURE_SUFFIX, UI, load_mmrec, write_mmrec
+from .mmrec import FEATURE_SUFFIX, UI, load_mmrec, split_labels, write_mmrec
 
 #: Bumped whenever the generator's output changes; part of the cache manifest.
 GENERATOR_VERSION = 1
@@ -162,7 +162,7 @@ def make_synthetic(preset: Union[str, SyntheticPreset] = 'tiny',
     # 4. Preferences and matching.
     users, items = _match(rng, user_deg, item_deg, topic, K, p.exploration)
     # 5. Split, then a canonical order (user, item) within each split.
-    labels = _split(rng, users, U)
+    labels = split_labels(users, U, rng)
 
     # 2. Features (last, so the interaction graph does not depend on feature sizes).
     image, text = _features(rng, topic, p)
@@ -290,20 +290,6 @@ def _remove_repeats(rng: np.random.Generator, users: np.ndarray, items: np.ndarr
 def _contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
     pos = np.searchsorted(sorted_keys, keys).clip(max=sorted_keys.size - 1)
     return sorted_keys[pos] == keys
-
-
-def _split(rng: np.random.Generator, users: np.ndarray, U: int) -> np.ndarray:
-    """``x_label`` per interaction by MMRec's per-user rule (see the module doc)."""
-    E = users.size
-    order = np.lexsort((rng.random(E), users))
-    sorted_users = users[order]
-    pos = np.arange(E) - np.searchsorted(sorted_users, sorted_users)
-    n = np.bincount(users, minlength=U)[sorted_users]
-    m = np.where(n < 10, 2, (0.2 * n).astype(np.int64))
-    n_valid = np.where(n < 10, 1, m // 2)
-    label = np.zeros(E, dtype=np.int64)
-    label[order] = np.where(pos < n_valid, 1, np.where(pos < m, 2, 0))
-    return label
 
 
 def _features(rng: np.random.Generator, topic: np.ndarray, p: SyntheticPreset):
