@@ -1,0 +1,67 @@
+"""MambaRec on a CUDA device gives what it gives on the CPU."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mambarec_pyg.config import MambaRecConfig
+from mambarec_pyg.data.graphs import item_item_graph, normalized_adjacency
+from mambarec_pyg.models.mambarec import MambaRec
+
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(),
+                                 reason='needs a CUDA device')]
+
+UI = ('user', 'interacts', 'item')
+
+
+def _batch(data, size=64):
+    g = torch.Generator().manual_seed(0)
+    edge_index = data[UI].edge_index
+    idx = torch.randint(0, edge_index.size(1), (size, ), generator=g)
+    return (edge_index[0, idx], edge_index[1, idx],
+            torch.randint(0, data['item'].num_nodes, (size, ), generator=g))
+
+
+@pytest.mark.parametrize('variant', ['reference', 'paper'])
+@pytest.mark.parametrize('propagation', ['fused', 'pyg'])
+def test_cuda_matches_cpu(tiny_data, variant, propagation):
+    torch.manual_seed(0)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        cpu = MambaRec(tiny_data, MambaRecConfig(variant=variant, dropout=0.0,
+                                                 propagation=propagation)).train()
+        gpu = MambaRec(tiny_data, MambaRecConfig(variant=variant, dropout=0.0,
+                                                 propagation=propagation))
+    finally:
+        torch.set_default_dtype(default)
+    gpu.load_state_dict(cpu.state_dict())
+    gpu = gpu.cuda().train()
+    batch = _batch(tiny_data)
+    parts_cpu = cpu.loss(*batch)
+    parts_gpu = gpu.loss(*(t.cuda() for t in batch))
+    for a, b in zip(parts_cpu, parts_gpu):
+        torch.testing.assert_close(b.cpu(), a, rtol=1e-9, atol=1e-12)
+    parts_cpu.total.backward()
+    parts_gpu.total.backward()
+    grads_gpu = dict(gpu.named_parameters())
+    for name, p in cpu.named_parameters():
+        torch.testing.assert_close(grads_gpu[name].grad.cpu(), p.grad, rtol=1e-7,
+                                   atol=1e-12, msg=name)
+    users = torch.arange(10)
+    torch.testing.assert_close(gpu.recommend(users.cuda(), 5).cpu(),
+                               cpu.recommend(users, 5))
+
+
+def test_graphs_on_cuda(tiny_data):
+    edge_index = tiny_data[UI].edge_index
+    U, N = tiny_data['user'].num_nodes, tiny_data['item'].num_nodes
+    cpu = normalized_adjacency(edge_index, U, N, dtype=torch.float64, layout='csr')
+    gpu = normalized_adjacency(edge_index.cuda(), U, N, dtype=torch.float64,
+                               layout='csr')
+    torch.testing.assert_close(gpu.adj.to_dense().cpu(), cpu.adj.to_dense())
+    x = tiny_data['item']['text'].double()
+    a = item_item_graph(x, 10, cache_dir=False)
+    b = item_item_graph(x.cuda(), 10, cache_dir=False)
+    torch.testing.assert_close(b.to_dense().cpu(), a.to_dense())
