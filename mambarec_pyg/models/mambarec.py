@@ -79,15 +79,15 @@ from torch.nn import Embedding, LayerNorm, Linear
 
 from ..config import ConfigError, MambaRecConfig
 from ..data.graphs import item_item_graph, normalized_adjacency
+from ..data.mmrec import UI
 from ..nn.conv import (LightGCNPropagation, WeightedPropagation, sparse_propagate,
                        transpose_sparse)
 from ..nn.dream import DREAM
 from ..nn.losses import bpr_loss, info_nce, mmd_loss
 from ..nn.projection import Projection, reduced_width
+from ..ranking import ItemLists, rank_items
 
 __all__ = ['MambaRec', 'LossParts', 'MambaRecOutput']
-
-UI = ('user', 'interacts', 'item')
 
 
 class LossParts(NamedTuple):
@@ -514,16 +514,8 @@ class MambaRec(torch.nn.Module):
             user_emb, item_emb = self()
         finally:
             self.train(was_training)
-        scores = user_emb[users] @ item_emb.t()
-        start, stop = self.train_rowptr[users], self.train_rowptr[users + 1]
-        counts = stop - start
-        row = torch.repeat_interleave(torch.arange(users.numel(), device=users.device),
-                                      counts)
-        offset = torch.arange(int(counts.sum()), device=users.device) - \
-            torch.repeat_interleave(counts.cumsum(0) - counts, counts)
-        col = self.train_items[torch.repeat_interleave(start, counts) + offset]
-        scores[row, col] = float('-inf')
-        return scores.topk(k, dim=1).indices
+        exclude = ItemLists.from_csr(self.train_rowptr, self.train_items)
+        return rank_items(user_emb, item_emb, users, k, exclude)[0]
 
     # -----------------------------------------------------------------------------
     def released_names(self) -> Dict[str, str]:

@@ -38,11 +38,12 @@ from torch_geometric.metrics import (LinkPredMAP, LinkPredMetricCollection,
                                      LinkPredRecall)
 
 from ..config import ConfigError
+from ..data.mmrec import UI
+from ..ranking import ItemLists, rank_items
 
 __all__ = ['Evaluator', 'evaluate', 'recommend', 'Popularity', 'METRICS',
            'resolve_device']
 
-UI = ('user', 'interacts', 'item')
 #: metric names, in the order they are reported.
 METRICS = ('recall', 'ndcg', 'precision', 'map')
 _METRIC_CLS = {'recall': LinkPredRecall, 'ndcg': LinkPredNDCG,
@@ -80,32 +81,10 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return torch.device('cpu')
 
 
-class _Segments:
-    """Per-user lists as a flat array with row pointers (CSR), rows = local ids."""
-
-    def __init__(self, row: Tensor, col: Tensor, num_rows: int) -> None:
-        perm = torch.argsort(row * (int(col.max()) + 1 if col.numel() else 1) + col)
-        self.col = col[perm]
-        self.row = row[perm]
-        counts = torch.bincount(row, minlength=num_rows)
-        self.ptr = torch.zeros(num_rows + 1, dtype=torch.long)
-        self.ptr[1:] = torch.cumsum(counts, 0)
-
-    def slice(self, start: int, end: int) -> Tuple[Tensor, Tensor]:
-        """(local rows relative to ``start``, cols) of rows ``start..end-1``."""
-        a, b = int(self.ptr[start]), int(self.ptr[end])
-        return self.row[a:b] - start, self.col[a:b]
-
-    def to(self, device: torch.device) -> '_Segments':
-        self.col = self.col.to(device)
-        self.row = self.row.to(device)
-        return self
-
-
 class _Split:
     """What one split's evaluation needs, computed once."""
 
-    def __init__(self, users: Tensor, train: _Segments, truth: _Segments) -> None:
+    def __init__(self, users: Tensor, train: ItemLists, truth: ItemLists) -> None:
         self.users = users
         self.train = train
         self.truth = truth
@@ -152,6 +131,7 @@ class Evaluator:
                 self._split_edges[split] = store[key].detach().to('cpu', torch.long)
         self._on: Dict[Tuple[str, torch.device], _Split] = {}
         self._metrics: Dict[torch.device, LinkPredMetricCollection] = {}
+        self._train_lists: Dict[torch.device, ItemLists] = {}
 
     # -- precomputation ---------------------------------------------------------
     def _split(self, split: str, device: torch.device) -> _Split:
@@ -168,14 +148,14 @@ class Evaluator:
             users = torch.unique(gt[0])
             local = torch.full((self.num_users, ), -1, dtype=torch.long)
             local[users] = torch.arange(users.numel())
-            truth = _Segments(local[gt[0]], gt[1], users.numel())
+            truth = ItemLists(local[gt[0]], gt[1], users.numel())
             tr = self._train_edge_index
             keep = local[tr[0]] >= 0
-            train = _Segments(local[tr[0, keep]], tr[1, keep], users.numel())
+            train = ItemLists(local[tr[0, keep]], tr[1, keep], users.numel())
             base = _Split(users, train, truth)
             self._splits[split] = base
-        on = _Split(base.users.to(device), _copy(base.train).to(device),
-                    _copy(base.truth).to(device))
+        on = _Split(base.users.to(device), base.train.to(device),
+                    base.truth.to(device))
         self._on[(split, device)] = on
         return on
 
@@ -246,34 +226,13 @@ class Evaluator:
              k: int) -> Tuple[Tensor, Tensor]:
         """Top-``k`` items and scores for ``users``, training items excluded."""
         device = self.device or user_emb.device
-        users = users.to(device, torch.long)
-        k = min(int(k), self.num_items)
-        local = torch.arange(users.numel(), device=device)
-        tr = self._train_edge_index.to(device)
-        # training items of the requested users (users may repeat)
-        order = torch.argsort(tr[0])
-        sorted_users = tr[0, order]
-        lo = torch.searchsorted(sorted_users, users)
-        hi = torch.searchsorted(sorted_users, users, right=True)
-        counts = hi - lo
-        rows = torch.repeat_interleave(local, counts)
-        offs = torch.arange(rows.numel(), device=device) - torch.repeat_interleave(
-            torch.cumsum(counts, 0) - counts, counts)
-        cols = tr[1, order[torch.repeat_interleave(lo, counts) + offs]]
-        item_t = item_emb.to(device).t().contiguous()
-        top_items, top_scores = [], []
-        for start in range(0, users.numel(), self.batch_size):
-            end = min(start + self.batch_size, users.numel())
-            scores = user_emb.to(device)[users[start:end]] @ item_t
-            m = (rows >= start) & (rows < end)
-            scores[rows[m] - start, cols[m]] = float('-inf')
-            s, i = scores.topk(k, dim=1)
-            top_items.append(i)
-            top_scores.append(s)
-        if not top_items:
-            empty = torch.empty(0, k, dtype=torch.long, device=device)
-            return empty, empty.float()
-        return torch.cat(top_items), torch.cat(top_scores)
+        exclude = self._train_lists.get(device)
+        if exclude is None:
+            tr = self._train_edge_index
+            exclude = ItemLists(tr[0], tr[1], self.num_users).to(device)
+            self._train_lists[device] = exclude
+        return rank_items(user_emb.to(device), item_emb.to(device), users,
+                          min(int(k), self.num_items), exclude, self.batch_size)
 
     def _check_shapes(self, user_emb: Tensor, item_emb: Tensor) -> None:
         if user_emb.dim() != 2 or user_emb.size(0) != self.num_users:
@@ -285,12 +244,6 @@ class Evaluator:
         if user_emb.size(1) != item_emb.size(1):
             raise ValueError(f'embedding widths differ: users {user_emb.size(1)}, '
                              f'items {item_emb.size(1)}')
-
-
-def _copy(seg: _Segments) -> _Segments:
-    out = _Segments.__new__(_Segments)
-    out.col, out.row, out.ptr = seg.col, seg.row, seg.ptr
-    return out
 
 
 # One Evaluator per (data, ks, batch_size, device), rebuilt if the edges change.

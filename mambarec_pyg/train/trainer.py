@@ -56,6 +56,7 @@ except ImportError:  # pragma: no cover - tqdm is a dependency
     tqdm = None
 
 from ..config import Config, ConfigError, TrainConfig, to_dict
+from ..data.mmrec import UI
 from ..data.sampling import TrainingPairs
 from .checkpoint import (environment, load_checkpoint, rng_state, save_checkpoint,
                          seed_everything, set_rng_state, write_json)
@@ -66,7 +67,6 @@ __all__ = ['Trainer', 'TrainResult', 'TrainingDivergedError', 'make_optimizer',
 
 log = logging.getLogger(__name__)
 
-UI = ('user', 'interacts', 'item')
 #: loss parts recorded per epoch (means over the epoch's batches).
 LOSS_PARTS = ('total', 'bpr', 'reg', 'cl', 'mmd')
 #: TrainConfig fields that may change when a run is resumed.
