@@ -17,7 +17,7 @@ the same feature sizes (generated once, about 20 s, then cached).
     python examples/amazon_baby.py --device cuda    # the full run
 
 With the released loss weights the BPR loss stays near ln 2 for the first epochs
-(REFERENCE.md section 10), so a ``--quick`` run mostly shows the first epoch's numbers;
+(docs/reference.md §8), so a ``--quick`` run mostly shows the first epoch's numbers;
 ``--cl-warmup-epochs 3`` holds the InfoNCE weight at 0 for three epochs (not the
 released behaviour; on the Baby-scale synthetic data the best valid Recall@20 was
 0.116 in 5 epochs without it and 0.244 in 7 epochs with it).

@@ -3,8 +3,8 @@
 Every option of the library lives in one of three dataclasses:
 
 * :class:`DataConfig` -- which dataset to load (MMRec files or a synthetic preset),
-* :class:`MambaRecConfig` -- the model (REFERENCE.md sections 2-6),
-* :class:`TrainConfig` -- the protocol (REFERENCE.md section 1),
+* :class:`MambaRecConfig` -- the model (docs/reference.md §2-§6),
+* :class:`TrainConfig` -- the protocol (docs/reference.md §1),
 
 grouped by :class:`Config`. Values are checked when a dataclass is built, so a bad
 value stops with a message naming the field and what was expected. Dictionaries (from
@@ -63,10 +63,10 @@ class DataConfig:
 
 @dataclass
 class MambaRecConfig:
-    """The model. Defaults reproduce the released implementation (REFERENCE.md)."""
+    """The model. Defaults reproduce the released implementation (docs/reference.md)."""
 
     #: ``'reference'`` computes what the published numbers were produced with;
-    #: ``'paper'`` what the paper's text describes (REFERENCE.md section 6).
+    #: ``'paper'`` what the paper's text describes (docs/reference.md §6).
     variant: str = 'reference'
     embedding_size: int = 64
     #: LightGCN layers on the user-item graph (the content view).
@@ -132,7 +132,7 @@ class MambaRecConfig:
 
 @dataclass
 class TrainConfig:
-    """The training and evaluation protocol (REFERENCE.md section 1)."""
+    """The training and evaluation protocol (docs/reference.md §1)."""
 
     seed: int = 999
     #: ``'auto'`` (CUDA when present), ``'cpu'``, ``'cuda'`` or ``'cuda:N'``.
@@ -150,8 +150,8 @@ class TrainConfig:
     patience: int = 20
     #: epochs at the start during which patience does not count.
     patience_warmup: int = 0
-    #: epochs at the start with the InfoNCE weight held at 0 (REFERENCE.md section
-    #: 10). 0 is the released behaviour. Measured here (seed 999, B = 2048, defaults
+    #: epochs at the start with the InfoNCE weight held at 0 (docs/reference.md
+    #: §8). 0 is the released behaviour. Measured (seed 999, B = 2048, defaults
     #: otherwise): on the Baby-scale synthetic preset, 5 epochs with 0 kept BPR at
     #: 0.6925 -> 0.6918 and valid Recall@20 fell from 0.116 (epoch 0) to 0.058-0.068,
     #: while 5 warm-up epochs took BPR 0.683 -> 0.299 and valid Recall@20 0.151 ->

@@ -15,6 +15,9 @@ FIXTURES = Path(__file__).parent / 'fixtures'
 
 
 def pytest_configure(config):
+    # The tests use tiny tensors, which gain nothing from a second thread; on a busy
+    # machine OpenMP barriers between threads can cost seconds per test.
+    torch.set_num_threads(1)
     # Keep generated synthetic datasets and graph caches out of the user's home.
     if 'MAMBAREC_CACHE' not in os.environ:
         import tempfile

@@ -15,13 +15,6 @@ FAST = ['--train.max-epochs', '2', '--train.batch-size', '256', '--device', 'cpu
         '--quiet']
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope='module')
 def run_dir(tmp_path_factory):

@@ -10,15 +10,6 @@ from mambarec_pyg.data.errors import DataError
 from mambarec_pyg.data.graphs import item_item_graph, normalized_adjacency, to_sparse
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and on a shared machine the OpenMP
-    barriers of a second thread can cost seconds per test."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _dense(adj) -> np.ndarray:
     return adj.to_dense().numpy()

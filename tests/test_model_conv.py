@@ -10,15 +10,6 @@ from mambarec_pyg.nn.conv import (LightGCNPropagation, WeightedPropagation,
                                   lightgcn_mean, sparse_propagate, transpose_sparse)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and on a shared machine the OpenMP
-    barriers of a second thread can cost seconds per test."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _graph(U=9, N=7, E=30, seed=0):
     g = torch.Generator().manual_seed(seed)

@@ -19,15 +19,6 @@ from mambarec_pyg.nn.losses import mmd_loss
 UI = ('user', 'interacts', 'item')
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and on a shared machine the OpenMP
-    barriers of a second thread can cost seconds per test."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _dataset(base, features: dict) -> HeteroData:
     """A copy of ``base``'s users, items and edges with the given item features."""
@@ -355,8 +346,8 @@ def _train(data, steps=25, seed=0, **kw):
     return losses
 
 
-# The released InfoNCE weight keeps BPR at ln 2 for the first epochs (REFERENCE.md
-# section 10); learning tests use cl_weight = 0.
+# The released InfoNCE weight keeps BPR at ln 2 for the first epochs (docs/reference.md
+# §8); learning tests use cl_weight = 0.
 @pytest.mark.parametrize('which', ['data1', 'data', 'data3'])
 def test_model_learns(which, request):
     losses = _train(request.getfixturevalue(which), cl_weight=0.0)

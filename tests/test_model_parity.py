@@ -21,15 +21,6 @@ from mambarec_pyg.models.mambarec import MambaRec
 RTOL = 1e-6
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and on a shared machine the OpenMP
-    barriers of a second thread can cost seconds per test."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope='module')
 def golden(released_tiny_dir):

@@ -1,4 +1,4 @@
-"""BPR training pairs and negative sampling (REFERENCE.md section 1)."""
+"""BPR training pairs and negative sampling (docs/reference.md §1)."""
 import numpy as np
 import pytest
 import torch

@@ -21,14 +21,6 @@ from mambarec_pyg.train.trainer import Trainer
 SETTINGS = dict(seed=999, device='cpu', batch_size=128, max_epochs=8)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _single_thread():
-    """Tiny models run fastest on one thread (and far faster on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _shuffled_features(data, seed=5):
     """The same interactions; every modality's rows permuted across items."""

@@ -1,4 +1,5 @@
-"""The evaluator against a plain numpy implementation of REFERENCE.md's formulas."""
+"""The evaluator against a plain numpy implementation of the formulas of
+docs/reference.md §1."""
 import math
 
 import numpy as np
@@ -47,7 +48,7 @@ class Fixed(torch.nn.Module):
 
 
 def _reference(scores, data, split, ks):
-    """REFERENCE.md section 1, written plainly over numpy arrays."""
+    """docs/reference.md §1, written plainly over numpy arrays."""
     train = data[UI].edge_index.numpy()
     gt = data[UI][f'{split}_edge_label_index'].numpy()
     out = {f'{m}@{k}': [] for m in ('recall', 'ndcg', 'precision', 'map') for k in ks}

@@ -5,17 +5,9 @@ import runpy
 from pathlib import Path
 
 import pytest
-import torch
 
 EXAMPLES = Path(__file__).resolve().parent.parent / 'examples'
 
-
-@pytest.fixture(autouse=True, scope='module')
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _load(name):

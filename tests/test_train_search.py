@@ -2,20 +2,12 @@
 import json
 
 import pytest
-import torch
 
 from mambarec_pyg.config import Config, ConfigError, DataConfig, TrainConfig
 from mambarec_pyg.train import search as search_mod
 from mambarec_pyg.train.search import DEFAULT_GRID, grid_search
 from mambarec_pyg.train.trainer import TrainResult
 
-
-@pytest.fixture(autouse=True, scope='module')
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _config(**train):

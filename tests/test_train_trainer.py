@@ -19,14 +19,6 @@ from mambarec_pyg.train.evaluate import evaluate
 from mambarec_pyg.train.trainer import Trainer, TrainingDivergedError, make_optimizer
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _single_thread():
-    """Tiny models run fastest on one thread (and far faster on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 class Parts(NamedTuple):
     total: torch.Tensor

@@ -169,7 +169,6 @@ def prepare_amazon(ratings: PathLike, meta: PathLike, image_features: PathLike,
 
     keep = unique.copy()
     keep[unique] = k_core(u, i, K_CORE, on_round=report if verbose else None)
-    del u, i
     if not keep.any():
         raise DataError(f'{paths["ratings"]}: no interaction survives the '
                         f'{K_CORE}-core filter (every user and item needs at least '

@@ -1,6 +1,6 @@
 r"""BPR training triples: every training pair once per epoch, one uniform negative each.
 
-The protocol of MMRec (REFERENCE.md section 1), which the published MambaRec numbers
+The protocol of MMRec (docs/reference.md §1), which the published MambaRec numbers
 were produced with:
 
 * every training interaction :math:`(u, i)` appears once per epoch, in a random order,

@@ -4,7 +4,7 @@ r"""MambaRec: multimodal recommendation with local and global alignment
 Two variants (:attr:`MambaRecConfig.variant`):
 
 ``'reference'`` (default) computes exactly what the authors' released implementation
-computes, which produced the published numbers (REFERENCE.md sections 2-5):
+computes, which produced the published numbers (docs/reference.md §2-§5):
 
 1. raw feature tables :math:`\mathbf{X}_m` (trainable, initialised from the data);
 2. projection :math:`f_m`: for the reduced modalities (default: ``image``)
@@ -33,7 +33,7 @@ Loss per batch (users :math:`u`, positives :math:`i`, negatives :math:`j`):
 the L2-normalised DREAM outputs. With more than two modalities the MMD term is the
 mean over all modality pairs; with one modality there is no MMD term.
 
-``'paper'`` follows the paper's text where it differs (REFERENCE.md section 6): every
+``'paper'`` follows the paper's text where it differs (docs/reference.md §6): every
 reduced modality (default: all) is projected by one linear map to
 :math:`d' = \lfloor \min_m D_m / r \rfloor`; DREAM uses the paper's channel and
 spatial attention and maps :math:`d'` input channels to :math:`d` output channels

@@ -35,7 +35,7 @@ class DREAM(torch.nn.Module):
     Two attention variants follow.
 
     * ``attention='released'`` -- what the authors' released implementation computes
-      (the published numbers; REFERENCE.md section 4):
+      (the published numbers; docs/reference.md §4):
 
       .. math::
           \mathbf{s} &= \sigma(\mathbf{w}_s^\top \mathbf{U}), \qquad
@@ -57,7 +57,7 @@ class DREAM(torch.nn.Module):
       :math:`\mathbf{Y}' = \max(\mathbf{U} \odot \mathbf{m}_c,\ \mathbf{U} \odot
       \mathbf{m}_s)`. The text stops at :math:`\mathbf{Y}'` with :math:`5C` channels;
       the released 1x1 convolution + BatchNorm + ReLU back to :math:`C` channels is
-      kept (REFERENCE.md section 6) so the module's output width stays
+      kept (docs/reference.md §6) so the module's output width stays
       :obj:`out_channels`. With the paper's dimensionality reduction,
       :obj:`in_channels` is the reduced width :math:`d' = \lfloor \min(D_v, D_t)/r
       \rfloor` and :obj:`out_channels` is :math:`d`.

@@ -1,4 +1,4 @@
-"""Training and evaluation under the MMRec protocol (REFERENCE.md section 1).
+"""Training and evaluation under the MMRec protocol (docs/reference.md §1).
 
 * :class:`Trainer` -- BPR training with Adam, per-epoch validation, early stopping,
   checkpoints and exact resumption;

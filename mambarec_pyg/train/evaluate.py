@@ -1,4 +1,4 @@
-r"""Full-ranking evaluation under the MMRec protocol (REFERENCE.md section 1).
+r"""Full-ranking evaluation under the MMRec protocol (docs/reference.md §1).
 
 For every user with at least one interaction in the evaluated split, all :math:`N`
 items are scored by the dot product of the final embeddings, the user's **training**
@@ -20,7 +20,7 @@ averaged over the evaluated users. These are exactly PyG's
 :class:`~.LinkPredPrecision` and :class:`~.LinkPredMAP`, which are used here.
 
 Unlike the released code, which recomputes the whole forward pass for every batch of
-users, the embeddings are computed once per evaluation (REFERENCE.md section 7), and
+users, the embeddings are computed once per evaluation (docs/reference.md §7), and
 everything that depends only on the data (the evaluated users, their training items
 and ground truth, as flat per-batch slices) is built once per split by
 :class:`Evaluator` and reused.

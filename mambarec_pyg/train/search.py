@@ -1,8 +1,8 @@
 r"""Grid search over the MMD hyperparameters, selected on the validation split.
 
 The paper tunes the MMD weight and the Gaussian-kernel bandwidth on
-:math:`\{0.1, 0.15, 0.2\} \times \{1.0, 1.5, 2.0\}` with seed 999 (REFERENCE.md
-section 1). Each grid point is a full training run (:func:`~.experiment.run`) with a
+:math:`\{0.1, 0.15, 0.2\} \times \{1.0, 1.5, 2.0\}` with seed 999 (docs/reference.md
+§1). Each grid point is a full training run (:func:`~.experiment.run`) with a
 freshly built model, seeded identically, in its own directory under ``output_dir``.
 
 Selection: the point with the best **valid** ``valid_metric`` (Recall@20) wins, and

@@ -1,6 +1,6 @@
 r"""Training with BPR triples, Adam, per-epoch validation and early stopping.
 
-The protocol of MMRec (REFERENCE.md section 1), which the published numbers were
+The protocol of MMRec (docs/reference.md §1), which the published numbers were
 produced with:
 
 * every training interaction once per epoch, shuffled, in batches of :math:`B`, one
@@ -17,7 +17,7 @@ produced with:
 
 Warm-up (``cl_warmup_epochs``, off by default as released): the first epochs pass
 ``cl_weight=0`` to ``model.loss``. With the released weights the InfoNCE term holds the
-BPR loss at ln 2 for the first epochs (REFERENCE.md section 10); the measurements are
+BPR loss at ln 2 for the first epochs (docs/reference.md §8); the measurements are
 in :attr:`~mambarec_pyg.config.TrainConfig.cl_warmup_epochs`.
 
 Reproducibility: every random draw is seeded from ``seed`` (Python, NumPy, torch, and a
@@ -109,7 +109,7 @@ def make_optimizer(parameters, lr: float) -> torch.optim.Optimizer:
     """Adam without weight decay; the fused kernel where the parameters allow it.
 
     ``fused=True`` is several times faster on a large trainable feature table
-    (REFERENCE.md section 8: 31 ms vs 219 ms per step at Baby scale) and computes the
+    (docs/reference.md §7: 31 ms vs 219 ms per step at Baby scale) and computes the
     same update; it needs floating-point parameters on a device with a fused kernel,
     otherwise the multi-tensor (``foreach``) implementation is used.
     """
