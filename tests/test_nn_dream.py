@@ -3,7 +3,6 @@ weights on the golden fixture."""
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,16 +13,6 @@ from mambarec_pyg.nn import DREAM, Projection
 ATTENTIONS = ('released', 'paper')
 CONV_BIASES_BEFORE_BN = ('branch1.0.bias', 'branch2.0.bias', 'branch3.0.bias',
                          'branch4.0.bias', 'branch5_conv.bias', 'conv_cat.0.bias')
-
-
-def _fixture_dir() -> Path:
-    here = Path(__file__).resolve().parent
-    for path in (here / 'fixtures' / 'released_tiny',
-                 here.parent.parent / 'shared' / 'fixtures' / 'released-tiny'):
-        if (path / 'weights.npz').is_file():
-            return path
-    pytest.skip('golden fixture of the released implementation not found (neither '
-                'tests/fixtures/released_tiny/ nor ../shared/fixtures/released-tiny/)')
 
 
 def _randomise(module: DREAM, seed: int) -> DREAM:
@@ -295,8 +284,8 @@ def test_rejects_wrong_channels_and_rank():
         DREAM(6, 5, dilations=(6, 12))
 
 
-def test_parameter_names_follow_the_released_layout():
-    fixture = _fixture_dir()
+def test_parameter_names_follow_the_released_layout(released_tiny_dir):
+    fixture = released_tiny_dir
     import json
     shapes = json.loads((fixture / 'golden.json').read_text())['weight_shapes']
     released = {k[len('dream_image.'):]: tuple(v) for k, v in shapes.items()
@@ -322,8 +311,9 @@ def _released(prefix: str, weights) -> dict:
 
 
 @pytest.mark.parametrize('modality,hidden', [('image', 8), ('text', None)])
-def test_released_weights_reproduce_golden_dream_output(modality, hidden):
-    fixture = _fixture_dir()
+def test_released_weights_reproduce_golden_dream_output(modality, hidden,
+                                                        released_tiny_dir):
+    fixture = released_tiny_dir
     weights = np.load(fixture / 'weights.npz')
     outputs = np.load(fixture / 'outputs.npz')
     table = weights[f'{modality}_embedding.weight']

@@ -2,23 +2,12 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from mambarec_pyg.nn import Projection, reduced_width
-
-
-def _fixture_dir() -> Path:
-    here = Path(__file__).resolve().parent
-    for path in (here / 'fixtures' / 'released_tiny',
-                 here.parent.parent / 'shared' / 'fixtures' / 'released-tiny'):
-        if (path / 'weights.npz').is_file():
-            return path
-    pytest.skip('golden fixture of the released implementation not found (neither '
-                'tests/fixtures/released_tiny/ nor ../shared/fixtures/released-tiny/)')
 
 
 @pytest.mark.parametrize('bias', [True, False])
@@ -80,8 +69,8 @@ def test_leading_dimensions_are_kept():
     assert module(torch.randn(3, 5, 8)).shape == (3, 5, 2)
 
 
-def test_released_weights_load_by_name():
-    fixture = _fixture_dir()
+def test_released_weights_load_by_name(released_tiny_dir):
+    fixture = released_tiny_dir
     weights = np.load(fixture / 'weights.npz')
     image = Projection(64, 64, hidden_features=8).double()
     image.load_state_dict({

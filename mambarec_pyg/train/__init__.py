@@ -9,41 +9,27 @@
 * :func:`run` / :func:`load_run` -- one run from a :class:`~mambarec_pyg.config.Config`,
   and the model back from its checkpoint.
 """
-from __future__ import annotations
+from .checkpoint import load_checkpoint, save_checkpoint, seed_everything
+from .evaluate import Evaluator, Popularity, recommend
+from .experiment import build_model, load_data, load_run, run
+from .search import SearchResult, grid_search
+from .trainer import TrainResult, Trainer, TrainingDivergedError, make_optimizer
 
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    'Trainer': '.trainer',
-    'TrainResult': '.trainer',
-    'TrainingDivergedError': '.trainer',
-    'make_optimizer': '.trainer',
-    'Evaluator': '.evaluate',
-    'recommend': '.evaluate',
-    'Popularity': '.evaluate',
-    'grid_search': '.search',
-    'SearchResult': '.search',
-    'run': '.experiment',
-    'load_run': '.experiment',
-    'load_data': '.experiment',
-    'build_model': '.experiment',
-    'seed_everything': '.checkpoint',
-    'save_checkpoint': '.checkpoint',
-    'load_checkpoint': '.checkpoint',
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+__all__ = [
+    'Evaluator',
+    'Popularity',
+    'SearchResult',
+    'TrainResult',
+    'Trainer',
+    'TrainingDivergedError',
+    'build_model',
+    'grid_search',
+    'load_checkpoint',
+    'load_data',
+    'load_run',
+    'make_optimizer',
+    'recommend',
+    'run',
+    'save_checkpoint',
+    'seed_everything',
+]
