@@ -35,7 +35,8 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from .config import Config, ConfigError, DataConfig, MambaRecConfig, TrainConfig
+from .config import (Config, ConfigError, DataConfig, MambaRecConfig, TrainConfig,
+                     field_docs)
 
 __all__ = ['main', 'build_parser']
 
@@ -63,7 +64,9 @@ def _describe(tp: Any) -> str:
         text = ' or '.join(_describe(a) for a in args)
         return text + (' or none' if type(None) in typing.get_args(tp) else '')
     if origin is tuple:
-        return f'a comma-separated list of {_describe(typing.get_args(tp)[0])}s'
+        item = typing.get_args(tp)[0]
+        plural = {int: 'integers', float: 'numbers', str: 'strings'}.get(item)
+        return f'a comma-separated list of {plural or _describe(item)}'
     return {int: 'an integer', float: 'a number', bool: 'true or false',
             str: 'a string'}.get(tp, getattr(tp, '__name__', str(tp)))
 
@@ -163,6 +166,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         g = p.add_argument_group(f'{section} options ({cls.__name__}; '
                                  f'--{section}.FIELD VALUE)')
         hints = typing.get_type_hints(cls)
+        docs = field_docs(cls)
         defaults = {}
         for f in dataclasses.fields(cls):
             if f.default is not dataclasses.MISSING:
@@ -176,7 +180,9 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
             g.add_argument(flag, dest=f'cfg:{section}.{f.name}', type=_arg_type(tp),
                            metavar=f.name.upper().split('_')[-1] if tp is not bool
                            else 'BOOL',
-                           help=f'{_describe(tp)} (default: {shown})')
+                           help=(docs[f.name].replace('``', '') + ' ' if f.name in docs
+                                 else '') +
+                           f'[{_describe(tp)}; default: {shown}]'.replace('%', '%%'))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -45,9 +45,13 @@ class DataConfig:
     ``dataset`` wins when both are set.
     """
 
+    #: directory holding one folder per MMRec dataset.
     root: str = 'data'
+    #: an MMRec dataset: ``root/dataset/dataset.inter`` plus ``*_feat.npy``.
     dataset: Optional[str] = None
+    #: a synthetic preset: tiny, baby, sports, clothing.
     synthetic: Optional[str] = None
+    #: seed of the synthetic data.
     synthetic_seed: int = 0
     #: modalities to use, by name (``image``, ``text``, ...); ``None`` = all found.
     modalities: Optional[Tuple[str, ...]] = None
@@ -68,6 +72,7 @@ class MambaRecConfig:
     #: ``'reference'`` computes what the published numbers were produced with;
     #: ``'paper'`` what the paper's text describes (docs/reference.md §6).
     variant: str = 'reference'
+    #: width d of the user and item embeddings.
     embedding_size: int = 64
     #: LightGCN layers on the user-item graph (the content view).
     ui_layers: int = 4
@@ -86,10 +91,15 @@ class MambaRecConfig:
     global_alignment: bool = True
     #: raw feature tables are trainable parameters (released behaviour).
     trainable_features: bool = True
+    #: dropout after the shared LayerNorm.
     dropout: float = 0.2
+    #: weight of the L2 penalty on the batch's final embeddings.
     reg_weight: float = 1e-4
+    #: weight of the InfoNCE term.
     cl_weight: float = 0.01
+    #: InfoNCE temperature.
     cl_temperature: float = 0.2
+    #: weight of the MMD term.
     mmd_weight: float = 0.15
     #: Gaussian-kernel bandwidth sigma; several values give a sum of kernels.
     mmd_bandwidth: Union[float, Tuple[float, ...]] = 1.5
@@ -134,15 +144,21 @@ class MambaRecConfig:
 class TrainConfig:
     """The training and evaluation protocol (docs/reference.md §1)."""
 
+    #: seed of the initial weights, sampling and dropout.
     seed: int = 999
     #: ``'auto'`` (CUDA when present), ``'cpu'``, ``'cuda'`` or ``'cuda:N'``.
     device: str = 'auto'
+    #: training triples per batch (also the regularisation denominator).
     batch_size: int = 2048
+    #: users scored at a time in evaluation.
     eval_batch_size: int = 4096
+    #: Adam learning rate.
     lr: float = 1e-3
     #: learning rate times ``lr_decay ** (epoch / lr_decay_epochs)``.
     lr_decay: float = 0.96
+    #: epochs over which the learning rate falls by one factor ``lr_decay``.
     lr_decay_epochs: float = 50.0
+    #: the most epochs a run trains.
     max_epochs: int = 1000
     #: early stopping (MMRec's rule): the counter of epochs without a strict
     #: improvement of ``valid_metric`` resets on improvement, and the run stops once
@@ -161,7 +177,9 @@ class TrainConfig:
     #: Recall@20 0.725 without vs 0.745 with 10 warm-up epochs; B = 128, 20 epochs:
     #: 0.750 vs 0.755 with 5).
     cl_warmup_epochs: int = 0
+    #: the early-stopping and model-selection metric, ``<metric>@K``.
     valid_metric: str = 'recall@20'
+    #: the cut-offs K of the reported metrics.
     topk: Tuple[int, ...] = (5, 10, 20, 50)
     #: CPU threads for torch during training (``torch.set_num_threads``); 0 leaves
     #: PyTorch's default. Small datasets train fastest on 1 thread.
@@ -342,6 +360,23 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
         raise ConfigError(f'{where}: expected a string, got {value!r}')
     return value
+
+
+def field_docs(cls: type) -> Dict[str, str]:
+    """The ``#:`` comment lines above each field of dataclass ``cls``, joined."""
+    import inspect
+    docs: Dict[str, str] = {}
+    pending = []
+    for line in inspect.getsource(cls).splitlines():
+        stripped = line.strip()
+        if stripped.startswith('#:'):
+            pending.append(stripped[2:].strip())
+            continue
+        name = stripped.split(':', 1)[0]
+        if pending and name.isidentifier():
+            docs[name] = ' '.join(pending)
+        pending = []
+    return docs
 
 
 def _type_name(tp: Any) -> str:

@@ -49,3 +49,12 @@ def test_yaml_errors_name_the_file(tmp_path):
 def test_data_needs_a_source():
     with pytest.raises(ConfigError, match='either'):
         DataConfig()
+
+
+def test_every_option_is_documented():
+    from mambarec_pyg.config import field_docs
+    import dataclasses
+    for cls in (DataConfig, MambaRecConfig, TrainConfig):
+        docs = field_docs(cls)
+        missing = [f.name for f in dataclasses.fields(cls) if not docs.get(f.name)]
+        assert not missing, f'{cls.__name__}: fields without a #: comment: {missing}'
