@@ -43,7 +43,8 @@ PAPER = {'recall@10': 0.0660, 'recall@20': 0.1013, 'ndcg@10': 0.0363,
 
 def find_baby(root: str | None) -> Path | None:
     """The directory holding ``baby/`` with all three MMRec files, if any."""
-    candidates = [Path(root)] if root else [REPO / 'data', Path.cwd() / 'data']
+    candidates = [Path(root)] if root else list(dict.fromkeys(
+        [REPO / 'data', Path.cwd().resolve() / 'data']))
     for c in candidates:
         if all((c / 'baby' / f).is_file() for f in FILES):
             return c
@@ -72,7 +73,8 @@ def main(argv=None) -> int:
         data_cfg = DataConfig(root=str(root), dataset='baby')
         print(f'Amazon Baby from {root / "baby"}')
     else:
-        where = args.data or f'{REPO / "data"} or {Path.cwd() / "data"}'
+        where = args.data or ' or '.join(map(str, dict.fromkeys(
+            [REPO / 'data', Path.cwd().resolve() / 'data'])))
         print(f'Amazon Baby files ({", ".join(FILES)}) not found under {where}; '
               f'running on the Baby-scale synthetic preset instead (same numbers of '
               f'users, items and interactions; the metrics are NOT comparable with '
