@@ -22,7 +22,7 @@ def _all_edges(data):
     return torch.cat(edges, 1).numpy(), torch.cat(labels).numpy()
 
 
-def _check_structure(data, preset: SyntheticPreset):
+def _assert_structure(data, preset: SyntheticPreset):
     """Exact counts, min-5, no repeated pair and the split rule, by plain loops."""
     edges, labels = _all_edges(data)
     U, N = data['user'].num_nodes, data['item'].num_nodes
@@ -65,7 +65,7 @@ def test_presets_declare_table1_counts():
 @pytest.mark.parametrize('seed', [0, 1, 2])
 def test_tiny_structure(seed):
     data = make_synthetic('tiny', seed=seed)
-    _check_structure(data, PRESETS['tiny'])
+    _assert_structure(data, PRESETS['tiny'])
     assert data.name == f'synthetic-tiny-{seed}'
     assert tuple(data.modalities) == ('image', 'text')
     assert data['item'].topic.shape == (PRESETS['tiny'].num_items, )
@@ -73,7 +73,7 @@ def test_tiny_structure(seed):
 
 def test_custom_preset_structure():
     preset = SyntheticPreset(300, 120, 2600, image_dim=40, text_dim=12, num_topics=5)
-    _check_structure(make_synthetic(preset, seed=3), preset)
+    _assert_structure(make_synthetic(preset, seed=3), preset)
 
 
 def test_feature_shapes_like_the_paper():

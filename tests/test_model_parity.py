@@ -61,7 +61,7 @@ def _model(g, graphs: str, **overrides) -> MambaRec:
     return model
 
 
-def _close(actual: torch.Tensor, expected: np.ndarray, what: str, floor: float = 0.0):
+def _assert_close(actual: torch.Tensor, expected: np.ndarray, what: str, floor: float = 0.0):
     actual = actual.detach().numpy()
     assert actual.shape == expected.shape, what
     scale = max(float(np.abs(expected).max()), floor)
@@ -75,13 +75,13 @@ def test_eval_mode_embeddings(golden, graphs):
     model = _model(golden, graphs).eval()
     o = golden['outputs']
     out = model.encode()
-    _close(out.user, o['eval_user_emb'], 'eval_user_emb')
-    _close(out.item, o['eval_item_emb'], 'eval_item_emb')
-    _close(out.alignment['image'], o['eval_dream_image'], 'eval_dream_image')
-    _close(out.alignment['text'], o['eval_dream_text'], 'eval_dream_text')
+    _assert_close(out.user, o['eval_user_emb'], 'eval_user_emb')
+    _assert_close(out.item, o['eval_item_emb'], 'eval_item_emb')
+    _assert_close(out.alignment['image'], o['eval_dream_image'], 'eval_dream_image')
+    _assert_close(out.alignment['text'], o['eval_dream_text'], 'eval_dream_text')
     user, item = model(golden['data'])
-    _close(user, o['eval_user_emb'], 'forward() user')
-    _close(item, o['eval_item_emb'], 'forward() item')
+    _assert_close(user, o['eval_user_emb'], 'forward() user')
+    _assert_close(item, o['eval_item_emb'], 'forward() item')
 
 
 @pytest.mark.parametrize('graphs', ['provided', 'built'])
@@ -89,10 +89,10 @@ def test_train_mode_embeddings(golden, graphs):
     model = _model(golden, graphs).train()
     o = golden['outputs']
     out = model.encode()
-    _close(out.user, o['train_user_emb'], 'train_user_emb')
-    _close(out.item, o['train_item_emb'], 'train_item_emb')
-    _close(out.side, o['train_side'], 'train_side')
-    _close(out.content, o['train_content'], 'train_content')
+    _assert_close(out.user, o['train_user_emb'], 'train_user_emb')
+    _assert_close(out.item, o['train_item_emb'], 'train_item_emb')
+    _assert_close(out.side, o['train_side'], 'train_side')
+    _assert_close(out.content, o['train_content'], 'train_content')
 
 
 @pytest.mark.parametrize('propagation', ['fused', 'pyg'])
@@ -106,7 +106,7 @@ def test_losses_and_gradients(golden, graphs, propagation, fusion_rows):
     parts = model.loss(*batch, batch_size=golden['config']['batch_size_for_reg'])
     for name, key in (('bpr', 'loss_bpr'), ('reg', 'loss_reg'), ('cl', 'loss_infonce'),
                       ('mmd', 'loss_mmd'), ('total', 'loss_total')):
-        _close(getattr(parts, name), o[key], key)
+        _assert_close(getattr(parts, name), o[key], key)
     parts.total.backward()
     grads = model.released_state_dict(grads=True)
     expected = golden['grads']
@@ -115,7 +115,7 @@ def test_losses_and_gradients(golden, graphs, propagation, fusion_rows):
     # both sides hold rounding noise (~1e-18); compare those on the global scale.
     floor = 1e-6 * max(float(np.abs(v).max()) for v in expected.values())
     for name, value in expected.items():
-        _close(grads[name], value, f'grad {name}', floor=floor)
+        _assert_close(grads[name], value, f'grad {name}', floor=floor)
 
 
 def test_released_state_roundtrip(golden):
