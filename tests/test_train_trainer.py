@@ -204,6 +204,22 @@ def test_interrupt_from_callback(data, tmp_path):
     assert r.status == 'interrupted' and r.epochs == 2
 
 
+def test_sigterm_stops_like_ctrl_c(data, tmp_path):
+    import os
+    import signal
+
+    def terminate(trainer, record):
+        if record['epoch'] == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    _, r = _train(data, _cfg(max_epochs=5), tmp_path, callbacks=[terminate])
+    assert r.status == 'interrupted' and r.epochs == 2
+    assert json.loads((tmp_path / 'results.json').read_text())['status'] == \
+        'interrupted'
+    assert signal.getsignal(signal.SIGTERM) is before  # handler restored
+
+
 def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(data, tmp_path):
     seed_everything(3)
     model = MF(data)

@@ -28,9 +28,9 @@ bitwise the same run.
 Robustness: a ``best.pt`` and a ``last.pt`` checkpoint (model, optimiser, scheduler,
 every RNG state, counters, config; :mod:`~mambarec_pyg.train.checkpoint`) are
 written atomically after each epoch, so a run resumed from ``last.pt`` ends with
-exactly the metrics and weights of an uninterrupted run. Ctrl-C stops at once (the
-unfinished epoch is dropped), keeps the checkpoints of the last completed epoch, puts
-the best weights back in the model and writes the results so far. A non-finite loss
+exactly the metrics and weights of an uninterrupted run. Ctrl-C (or SIGTERM) stops at
+once (the unfinished epoch is dropped), keeps the checkpoints of the last completed
+epoch, puts the best weights back in the model and writes the results so far. A non-finite loss
 stops the run with :class:`TrainingDivergedError` naming the epoch, batch and loss
 parts, before the optimiser applies it. ``results.json`` records the config,
 per-epoch history, best epoch, valid and test metrics, timings and environment.
@@ -324,7 +324,7 @@ class Trainer:
         deterministic = cfg.deterministic
         if deterministic is None:
             deterministic = self.device.type == 'cpu'
-        with _deterministic(deterministic, self.device):
+        with _deterministic(deterministic, self.device), _stop_on_sigterm():
             return self._fit()
 
     def _fit(self) -> TrainResult:
@@ -557,6 +557,27 @@ def _deterministic(enabled: bool, device: torch.device):
         yield
     finally:
         torch.use_deterministic_algorithms(before, warn_only=before_warn)
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm():
+    """Within the block, SIGTERM (``kill``, a batch scheduler's stop) stops training
+    the way Ctrl-C does: checkpoints kept, results written, best weights restored.
+    Only in the main thread, where Python delivers signals."""
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt(f'signal {signum}')
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _NoBar:
