@@ -13,7 +13,6 @@ Targets on a 2-core machine: generation + write at most 20 s, loading at most 3 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import tempfile
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 
 from mambarec_pyg.data import PRESETS, load_mmrec, make_synthetic, summarize, write_mmrec
-from mambarec_pyg.io import atomic_write_text
+from mambarec_pyg.io import write_json
 
 TARGETS = {'generate_and_write_s': 20.0, 'load_median_s': 3.0}
 
@@ -83,7 +82,7 @@ def main() -> dict:
     for r in rows:
         print(f'{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]}')
     out = Path(args.out)
-    atomic_write_text(out, json.dumps(result, indent=2) + '\n')
+    write_json(out, result)
     print(f'\nwritten {out}')
     return result
 

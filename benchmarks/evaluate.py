@@ -18,7 +18,6 @@ Target on a 2-core machine: at most 2 s per evaluation.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 import torch
 
 from mambarec_pyg.data import synthetic_dataset
-from mambarec_pyg.io import atomic_write_text
+from mambarec_pyg.io import write_json
 from mambarec_pyg.train.checkpoint import environment
 from mambarec_pyg.train.evaluate import Evaluator, resolve_device
 
@@ -94,7 +93,7 @@ def main() -> dict:
     print(f"  with the MambaRec forward pass        {model_med:6.2f} s")
     out = Path(args.out or Path(__file__).parent / 'results' /
                f'evaluate-{device.type}.json')
-    atomic_write_text(out, json.dumps(result, indent=2) + '\n')
+    write_json(out, result)
     print(f'wrote {out}')
     return result
 

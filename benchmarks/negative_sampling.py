@@ -16,7 +16,6 @@ Target on a 2-core machine: at most 0.5 s per epoch.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from torch_geometric.utils import structured_negative_sampling
 
 from mambarec_pyg.data import synthetic_dataset
 from mambarec_pyg.data.sampling import TrainingPairs
-from mambarec_pyg.io import atomic_write_text
+from mambarec_pyg.io import write_json
 from mambarec_pyg.train.checkpoint import environment
 
 TARGET_S = 0.5
@@ -86,7 +85,7 @@ def main() -> dict:
           f"{result['pyg_structured_negative_sampling_median_s'] * 1e3:8.1f} ms "
           f"(not the protocol; for scale)")
     out = Path(args.out)
-    atomic_write_text(out, json.dumps(result, indent=2) + '\n')
+    write_json(out, result)
     print(f'wrote {out}')
     return result
 

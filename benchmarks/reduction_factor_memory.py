@@ -208,14 +208,14 @@ def main(argv=None):
                   f"peak {row['peak_memory_mb']:7.0f} MB  "
                   f"step {row['median_step_s'] * 1e3:7.0f} ms", flush=True)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from mambarec_pyg.io import atomic_write_text
+    from mambarec_pyg.io import atomic_write_text, write_json
     stem = RESULTS / f'reduction_factor-{args.variant}-{args.device.replace(":", "")}'
     info = {'device': args.device, 'variant': args.variant, 'dataset': args.dataset,
             'batch_size': args.batch_size, 'torch': torch.__version__,
             'device_name': (torch.cuda.get_device_name(args.device)
                             if args.device.startswith('cuda') else 'cpu'),
             'rows': rows}
-    atomic_write_text(stem.with_suffix('.json'), json.dumps(info, indent=2) + '\n')
+    write_json(stem.with_suffix('.json'), info)
     md = (f'# Reduction factor r: {args.variant} variant, {args.dataset}, '
           f'{info["device_name"]}\n\n' + table(rows, args.device))
     atomic_write_text(stem.with_suffix('.md'), md)

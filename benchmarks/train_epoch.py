@@ -14,14 +14,13 @@ Target on a 2-core CPU: at most 30 s per training epoch.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
 from mambarec_pyg.config import MambaRecConfig, TrainConfig
 from mambarec_pyg.data import synthetic_dataset
-from mambarec_pyg.io import atomic_write_text
+from mambarec_pyg.io import write_json
 from mambarec_pyg.models.mambarec import MambaRec
 from mambarec_pyg.train.checkpoint import environment, seed_everything
 from mambarec_pyg.train.evaluate import resolve_device
@@ -85,7 +84,7 @@ def main() -> dict:
     suffix = '-nondeterministic' if args.no_deterministic else ''
     path = Path(args.out or Path(__file__).parent / 'results' /
                 f'train_epoch-{device.type}{suffix}.json')
-    atomic_write_text(path, json.dumps(out, indent=2) + '\n')
+    write_json(path, out)
     print(f'wrote {path}')
     return out
 

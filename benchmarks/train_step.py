@@ -264,8 +264,8 @@ def main(argv=None):
         print(full['profile'])
     out = Path(args.out) if args.out else RESULTS / f'train_step-{args.device}.json'
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from mambarec_pyg.io import atomic_write_text
-    atomic_write_text(out, json.dumps(result, indent=2) + '\n')
+    from mambarec_pyg.io import write_json
+    write_json(out, result)
     print(f'  written {out}')
 
 

@@ -8,12 +8,13 @@ without an exception; otherwise the temporary is removed.
 from __future__ import annotations
 
 import contextlib
+import json
 import errno
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 PathLike = Union[str, os.PathLike]
 
@@ -101,3 +102,25 @@ def _make_readable(directory: Path) -> None:
     os.chmod(directory, 0o777 & ~umask)
     for p in directory.iterdir():
         os.chmod(p, 0o666 & ~umask)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if hasattr(obj, 'tolist'):  # numpy scalars and arrays, torch tensors
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float) and (obj != obj or obj in (float('inf'), float('-inf'))):
+        return str(obj)  # JSON has no NaN/inf
+    return obj
+
+
+def write_json(path: PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON, atomically (tensors and numpy values as
+    lists or numbers, paths as strings, NaN/inf as strings)."""
+    path = Path(path)
+    atomic_write_text(path, json.dumps(_jsonable(obj), indent=2) + '\n')
+    return path

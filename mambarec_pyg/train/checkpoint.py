@@ -16,7 +16,6 @@ replaces a good checkpoint with a partial one.
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 import random
@@ -27,7 +26,7 @@ from typing import Any, Dict, Optional, Union
 import numpy as np
 import torch
 
-from ..io import atomic_path, atomic_write_text
+from ..io import atomic_path, write_json
 
 __all__ = ['FORMAT', 'save_checkpoint', 'load_checkpoint', 'rng_state',
            'set_rng_state', 'seed_everything', 'environment', 'write_json']
@@ -128,26 +127,3 @@ def environment(device: Optional[torch.device] = None) -> Dict[str, Any]:
         else:
             env['device_name'] = platform.processor() or platform.machine() or 'cpu'
     return env
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.generic, )):
-        return obj.item()
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, float) and (obj != obj or obj in (float('inf'), float('-inf'))):
-        return str(obj)  # JSON has no NaN/inf
-    return obj
-
-
-def write_json(path: PathLike, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON, atomically."""
-    path = Path(path)
-    atomic_write_text(path, json.dumps(_jsonable(obj), indent=2) + '\n')
-    return path
