@@ -27,7 +27,8 @@ import torch
 from mambarec_pyg.data import synthetic_dataset
 from mambarec_pyg.io import write_json
 from mambarec_pyg.train.checkpoint import environment
-from mambarec_pyg.train.evaluate import Evaluator, resolve_device
+from mambarec_pyg.train.evaluate import Evaluator
+from mambarec_pyg.utils import resolve_device
 
 TARGET_S = 2.0
 

@@ -69,9 +69,9 @@ def child(args) -> dict:
     warnings.filterwarnings('ignore')
     if args.threads:
         torch.set_num_threads(args.threads)
-    from mambarec_pyg.config import MambaRecConfig
     from mambarec_pyg.data import synthetic_dataset
-    from mambarec_pyg.models.mambarec import MambaRec
+    from mambarec_pyg.data.sampling import BPRBatch
+    from mambarec_pyg.models.mambarec import MambaRec, MambaRecConfig
     from mambarec_pyg.train.trainer import make_optimizer
 
     device = torch.device(args.device)
@@ -79,7 +79,7 @@ def child(args) -> dict:
     config = MambaRecConfig(variant=args.variant, reduction_factor=args.r,
                             compose_projection=args.mode == 'fused')
     torch.manual_seed(0)
-    model = MambaRec(data, config).to(device).train()
+    model = MambaRec(MambaRec.prepare(data, config), config).to(device).train()
     opt = make_optimizer(model.parameters(), lr=1e-3)
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     tables = sum(p.numel() for n, p in model.named_parameters()
@@ -112,7 +112,7 @@ def child(args) -> dict:
         sync()
         t = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        model.loss(users, pos, neg, batch_size=args.batch_size).total.backward()
+        model.loss(BPRBatch(users, pos, neg, args.batch_size))['total'].backward()
         opt.step()
         sync()
         if i >= args.warmup:

@@ -66,30 +66,31 @@ class Timer:
 
 
 def build(args, device):
-    from mambarec_pyg.config import MambaRecConfig
     from mambarec_pyg.data import synthetic_dataset
-    from mambarec_pyg.models.mambarec import MambaRec
+    from mambarec_pyg.models.mambarec import MambaRec, MambaRecConfig
     from mambarec_pyg.train.trainer import make_optimizer
 
     data = synthetic_dataset(args.dataset, seed=0)
     config = MambaRecConfig(**_parse_overrides(args.config))
     torch.manual_seed(0)
     t = time.perf_counter()
-    model = MambaRec(data, config).to(device).train()
+    # the graphs come from the dataset's processed directory after the first run
+    model = MambaRec(MambaRec.prepare(data, config), config).to(device).train()
     build_s = time.perf_counter() - t
     opt = make_optimizer(model.parameters(), lr=1e-3)
     return data, model, opt, build_s
 
 
 def batches(data, batch_size, device, seed=0):
+    from mambarec_pyg.data.sampling import BPRBatch
     edge_index = data['user', 'interacts', 'item'].edge_index
     g = torch.Generator().manual_seed(seed)
     num_items = data['item'].num_nodes
     while True:
         idx = torch.randint(0, edge_index.size(1), (batch_size, ), generator=g)
         neg = torch.randint(0, num_items, (batch_size, ), generator=g)
-        yield (edge_index[0, idx].to(device), edge_index[1, idx].to(device),
-               neg.to(device))
+        yield BPRBatch(edge_index[0, idx].to(device), edge_index[1, idx].to(device),
+                       neg.to(device), batch_size)
 
 
 def time_steps(model, opt, data, args, device):
@@ -97,12 +98,12 @@ def time_steps(model, opt, data, args, device):
     it = batches(data, args.batch_size, device)
     rows = []
     for i in range(args.warmup + args.steps):
-        users, pos, neg = next(it)
+        batch = next(it)
         t0 = timer.now()
         opt.zero_grad(set_to_none=True)
-        parts = model.loss(users, pos, neg, batch_size=args.batch_size)
+        parts = model.loss(batch)
         t1 = timer.now()
-        parts.total.backward()
+        parts['total'].backward()
         t2 = timer.now()
         opt.step()
         t3 = timer.now()
@@ -161,9 +162,8 @@ def profile_ops(model, opt, data, args, device, rows=25):
                                      if device.type == 'cuda' else [])
     with profile(activities=acts, record_shapes=True) as prof:
         for _ in range(2):
-            users, pos, neg = next(it)
             opt.zero_grad(set_to_none=True)
-            model.loss(users, pos, neg, batch_size=args.batch_size).total.backward()
+            model.loss(next(it))['total'].backward()
             opt.step()
     key = 'self_cuda_time_total' if device.type == 'cuda' else 'self_cpu_time_total'
     return prof.key_averages(group_by_input_shape=True).table(

@@ -13,11 +13,16 @@ working directory). Without them the script says so and runs on the ``baby``
 synthetic preset, which has the same numbers of users, items and interactions and
 the same feature sizes (generated once, about 20 s, then cached).
 
-    python examples/amazon_baby.py --quick          # a few epochs, a few minutes on CPU
+    python examples/amazon_baby.py --quick          # 3 epochs (see the README for times)
     python examples/amazon_baby.py --device cuda    # the full run
+    python examples/amazon_baby.py --resume         # continue an interrupted run
+
+Like ``mambarec train``, it refuses to start over a finished or interrupted run in
+the same ``--output`` directory: continue it with ``--resume`` or start again with
+``--overwrite``.
 
 With the released loss weights the BPR loss stays near ln 2 for the first epochs
-(docs/reference.md §8), so a ``--quick`` run mostly shows the first epoch's numbers;
+(docs/reference.md §10), so a ``--quick`` run mostly shows the first epoch's numbers;
 ``--cl-warmup-epochs 3`` holds the InfoNCE weight at 0 for three epochs (not the
 released behaviour; on the Baby-scale synthetic data the best valid Recall@20 was
 0.116 in 5 epochs without it and 0.244 in 7 epochs with it).
@@ -61,10 +66,12 @@ def main(argv=None) -> int:
     parser.add_argument('--device', default='auto', help='auto, cpu, cuda, cuda:N')
     parser.add_argument('--cl-warmup-epochs', type=int, default=0,
                         help='epochs with the InfoNCE weight held at 0 (default 0, as '
-                             'released; see TrainConfig.cl_warmup_epochs)')
+                             'released; see MambaRecConfig.cl_warmup_epochs)')
     parser.add_argument('--output', help='run directory (default runs/amazon_baby'
                         '[-synthetic][-quick])')
     parser.add_argument('--resume', action='store_true', help='continue the run')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='start again over an earlier run in --output')
     parser.add_argument('--quiet', action='store_true')
     args = parser.parse_args(argv)
 
@@ -84,15 +91,32 @@ def main(argv=None) -> int:
     config = Config(
         data=data_cfg,
         model=MambaRecConfig(variant='reference', reduction_factor=8,
-                             mmd_weight=0.15, mmd_bandwidth=1.5),
+                             mmd_weight=0.15, mmd_bandwidth=1.5,
+                             cl_warmup_epochs=args.cl_warmup_epochs),
         train=TrainConfig(seed=999, device=args.device, batch_size=2048, lr=1e-3,
                           lr_decay=0.96, lr_decay_epochs=50, patience=20,
-                          max_epochs=epochs,
-                          cl_warmup_epochs=args.cl_warmup_epochs))
+                          max_epochs=epochs))
     name = 'amazon_baby' + ('' if root else '-synthetic') + ('-quick' if args.quick
                                                             else '')
     out = Path(args.output) if args.output else Path('runs') / name
-    result = run(config, out, resume=args.resume, quiet=args.quiet)
+    if any((out / f).exists() for f in ('last.pt', 'best.pt', 'results.json')) and \
+            not (args.resume or args.overwrite):
+        print(f'amazon_baby.py: {out} already holds a run; continue it with --resume, '
+              f'start again with --overwrite, or choose another --output',
+              file=sys.stderr)
+        return 2
+    try:
+        result = run(config, out, resume=args.resume, quiet=args.quiet)
+    except KeyboardInterrupt:
+        print('amazon_baby.py: interrupted', file=sys.stderr)
+        return 130
+    except (OSError, ValueError, RuntimeError) as e:
+        print(f'amazon_baby.py: error: {e}', file=sys.stderr)
+        return 1
+    if result.status == 'interrupted' and result.epochs == 0:
+        print(f'amazon_baby.py: interrupted before the first epoch completed; nothing '
+              f'was written to {out}', file=sys.stderr)
+        return 130
 
     cols = ('recall@10', 'recall@20', 'ndcg@10', 'ndcg@20')
     header = f'{"":24s}' + ''.join(f'{c.replace("recall", "R").replace("ndcg", "N"):>9s}'
@@ -105,6 +129,8 @@ def main(argv=None) -> int:
         print(f'{"MambaRec (paper)":24s}' + ''.join(f'{PAPER[c]:9.4f}' for c in cols))
     print(f'test metrics at the best validation epoch ({result.best_epoch}) of '
           f'{result.epochs} run ({result.status})')
+    for w in result.warnings:
+        print(f'warning: {w}', file=sys.stderr)
     print(f'results: {out / "results.json"}')
     return 130 if result.status == 'interrupted' else 0
 

@@ -1,8 +1,10 @@
-"""mambarec_pyg: MambaRec (CIKM 2025) multimodal recommendation on PyTorch Geometric.
+"""mambarec_pyg: MambaRec (CIKM 2025) multimodal recommendation on PyTorch Geometric,
+with the baselines of its comparison on one interface.
 
 The public API::
 
     from mambarec_pyg import MambaRec, load_mmrec, make_synthetic, Trainer, evaluate
+    from mambarec_pyg import Recommender, register, get_model_class, list_models
 
 Names are imported on first use, so ``import mambarec_pyg`` stays cheap.
 """
@@ -15,6 +17,17 @@ __version__ = '0.1.0'
 
 _EXPORTS = {
     'MambaRec': 'mambarec_pyg.models.mambarec',
+    'MambaRecConfig': 'mambarec_pyg.models.mambarec',
+    'Popularity': 'mambarec_pyg.models.popularity',
+    'Recommender': 'mambarec_pyg.models.base',
+    'register': 'mambarec_pyg.models.registry',
+    'get_model_class': 'mambarec_pyg.models.registry',
+    'list_models': 'mambarec_pyg.models.registry',
+    'load_dataset': 'mambarec_pyg.data.dataset',
+    'synthetic_dataset': 'mambarec_pyg.data.synthetic',
+    'run': 'mambarec_pyg.train.experiment',
+    'load_run': 'mambarec_pyg.train.experiment',
+    'ModelConfig': 'mambarec_pyg.config',
     'load_mmrec': 'mambarec_pyg.data.mmrec',
     'write_mmrec': 'mambarec_pyg.data.mmrec',
     'make_synthetic': 'mambarec_pyg.data.synthetic',
@@ -22,7 +35,6 @@ _EXPORTS = {
     'evaluate': 'mambarec_pyg.train.evaluate',
     'Config': 'mambarec_pyg.config',
     'DataConfig': 'mambarec_pyg.config',
-    'MambaRecConfig': 'mambarec_pyg.config',
     'TrainConfig': 'mambarec_pyg.config',
 }
 

@@ -1,8 +1,11 @@
-"""The ``mambarec`` command: train, evaluate, recommend, stats, search, prepare.
+"""The ``mambarec`` command: train, evaluate, recommend, search, models, stats,
+prepare.
 
 ::
 
+    mambarec models
     mambarec train --synthetic tiny --output runs/tiny
+    mambarec train --synthetic tiny --model.name lightgcn --output runs/lightgcn
     mambarec train --data data --dataset baby --model.mmd-weight 0.15 --output runs/baby
     mambarec train --config run.yaml --train.max-epochs 50 --resume --output runs/x
     mambarec evaluate runs/baby/best.pt --split test
@@ -15,7 +18,9 @@
 Every field of :class:`~mambarec_pyg.config.Config` is a flag named
 ``--<section>.<field>`` with dashes (``--model.mmd-weight 0.2``,
 ``--train.max-epochs 50``, ``--data.modalities image,text``); underscores are accepted
-too. Values: numbers, ``true``/``false``, ``none`` for an empty optional, and
+too. ``--model.name NAME`` picks the model (default ``mambarec``); the ``--model.*``
+flags are those of the chosen model (``mambarec train --model.name lightgcn --help``
+lists them). Values: numbers, ``true``/``false``, ``none`` for an empty optional, and
 comma-separated lists for tuples. Precedence: built-in defaults, then ``--config
 FILE.yaml``, then flags. Short forms: ``--data ROOT``, ``--dataset NAME``,
 ``--synthetic PRESET``, ``--synthetic-seed S``, ``--device D``.
@@ -28,24 +33,21 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import difflib
 import io
 import json
+import math
 import sys
-import types
 import typing
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from .config import (Config, ConfigError, DataConfig, MambaRecConfig, TrainConfig,
-                     field_docs)
+from .config import (Config, ConfigError, DataConfig, TrainConfig, describe_type,
+                     field_docs, parse_text, read_yaml)
+from .utils import did_you_mean
 
 __all__ = ['main', 'build_parser']
 
-_SECTIONS = (('data', DataConfig), ('model', MambaRecConfig), ('train', TrainConfig))
-_NONE = ('none', 'null', '~')
-_TRUE = ('true', 'yes', 'on', '1')
-_FALSE = ('false', 'no', 'off', '0')
+DEFAULT_MODEL = 'mambarec'
 
 
 class CommandError(Exception):
@@ -57,73 +59,23 @@ class CommandError(Exception):
 
 
 # ---------------------------------------------------------------------------------
-# Typed values from strings
+# Typed values from strings (mambarec_pyg.config.parse_text)
 # ---------------------------------------------------------------------------------
-def _describe(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        text = ' or '.join(_describe(a) for a in args)
-        return text + (' or none' if type(None) in typing.get_args(tp) else '')
-    if origin is tuple:
-        item = typing.get_args(tp)[0]
-        plural = {int: 'integers', float: 'numbers', str: 'strings'}.get(item)
-        return f'a comma-separated list of {plural or _describe(item)}'
-    return {int: 'an integer', float: 'a number', bool: 'true or false',
-            str: 'a string'}.get(tp, getattr(tp, '__name__', str(tp)))
-
-
-def _parse(text: str, tp: Any) -> Any:
-    """``text`` as a value of type ``tp``; ``ValueError`` naming what was expected."""
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if type(None) in args and text.strip().lower() in _NONE:
-            return None
-        others = [a for a in args if a is not type(None)]
-        # a list reading only when the text has a comma
-        others.sort(key=lambda a: (typing.get_origin(a) is tuple) != (',' in text))
-        for arg in others:
-            try:
-                return _parse(text, arg)
-            except ValueError:
-                continue
-        raise ValueError(f'expected {_describe(tp)}, got {text!r}')
-    if origin is tuple:
-        item = typing.get_args(tp)[0]
-        parts = [p.strip() for p in text.split(',') if p.strip()]
-        if not parts:
-            raise ValueError(f'expected {_describe(tp)}, got {text!r}')
-        return tuple(_parse(p, item) for p in parts)
-    if tp is bool:
-        low = text.strip().lower()
-        if low in _TRUE:
-            return True
-        if low in _FALSE:
-            return False
-        raise ValueError(f'expected true or false, got {text!r}')
-    if tp is int:
-        try:
-            return int(text)
-        except ValueError:
-            raise ValueError(f'expected an integer, got {text!r}') from None
-    if tp is float:
-        try:
-            return float(text)
-        except ValueError:
-            raise ValueError(f'expected a number, got {text!r}') from None
-    return text
-
-
 def _arg_type(tp: Any) -> Callable[[str], Any]:
     def convert(text: str) -> Any:
         try:
-            return _parse(text, tp)
+            return parse_text(text, tp)
         except ValueError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
 
-    convert.__name__ = _describe(tp)
+    convert.__name__ = describe_type(tp)
     return convert
+
+
+def _sections(model_name: str):
+    from .models.registry import get_config_class
+    return (('data', DataConfig), ('model', get_config_class(model_name)),
+            ('train', TrainConfig))
 
 
 # ---------------------------------------------------------------------------------
@@ -142,9 +94,10 @@ class _Parser(argparse.ArgumentParser):
                 sub = getattr(ns, '_parser', None)
                 if sub is not None:
                     known = [o for a in sub._actions for o in a.option_strings]
-                close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-                hint = f"; did you mean '{close[0]}'?" if close else ''
-                (sub or self).error(f'unknown option {name!r}{hint} (see --help)')
+                hint = did_you_mean(name, known)
+                moved = _moved_hint(name)
+                (sub or self).error(f'unknown option {name!r}{moved or hint} (see '
+                                    f'--help)')
             (sub or self).error(f'unexpected argument {first!r}')
         return ns
 
@@ -163,33 +116,54 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
                    type=_arg_type(int), help='seed of the synthetic data')
 
 
-def _add_config_flags(p: argparse.ArgumentParser) -> None:
-    for section, cls in _SECTIONS:
-        g = p.add_argument_group(f'{section} options ({cls.__name__}; '
-                                 f'--{section}.FIELD VALUE)')
+def _add_config_flags(p: argparse.ArgumentParser, model_name: str) -> None:
+    from .models.registry import list_models
+    for section, cls in _sections(model_name):
+        title = (f'{section} options ({cls.__name__} of model {model_name!r}; '
+                 f'--{section}.FIELD VALUE)' if section == 'model' else
+                 f'{section} options ({cls.__name__}; --{section}.FIELD VALUE)')
+        g = p.add_argument_group(title)
+        if section == 'model':
+            g.add_argument('--model.name', dest='model_name', metavar='NAME',
+                           help=f'the model: {", ".join(list_models())} (default: '
+                                f'{DEFAULT_MODEL}; `mambarec models` describes each; '
+                                f'the --model.* options below are those of '
+                                f'{model_name!r})')
         hints = typing.get_type_hints(cls)
         docs = field_docs(cls)
         defaults = {}
         for f in dataclasses.fields(cls):
             if f.default is not dataclasses.MISSING:
                 defaults[f.name] = f.default
+            elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                defaults[f.name] = f.default_factory()  # type: ignore[misc]
         for f in dataclasses.fields(cls):
             tp = hints[f.name]
             flag = f'--{section}.{f.name.replace("_", "-")}'
             default = defaults.get(f.name)
             shown = ','.join(map(str, default)) if isinstance(default, tuple) else (
-                'none' if default is None else default)
+                "none (the model's default)" if default is None and section == 'train'
+                else 'none' if default is None else default)
             g.add_argument(flag, dest=f'cfg:{section}.{f.name}', type=_arg_type(tp),
                            metavar=f.name.upper().split('_')[-1] if tp is not bool
                            else 'BOOL',
                            help=(docs[f.name].replace('``', '') + ' ' if f.name in docs
                                  else '') +
-                           f'[{_describe(tp)}; default: {shown}]'.replace('%', '%%'))
+                           f'[{describe_type(tp)}; default: {shown}]'.replace('%', '%%'))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _moved_hint(flag: str) -> str:
+    from .config import MOVED
+    key = flag.lstrip('-').replace('-', '_')
+    moved = MOVED.get(key)
+    return f'; it has moved to {moved}' if moved else ''
+
+
+def build_parser(model_name: str = DEFAULT_MODEL) -> argparse.ArgumentParser:
+    """The command-line parser; the ``--model.*`` flags are those of ``model_name``."""
     parser = _Parser(prog='mambarec', description=(
-        'MambaRec multimodal recommendation (CIKM 2025) on PyTorch Geometric.'),
+        'MambaRec (CIKM 2025) and the baselines of its comparison, on PyTorch '
+        'Geometric.'),
         epilog='Run "mambarec COMMAND --help" for the options of a command.',
         allow_abbrev=False)
     sub = parser.add_subparsers(dest='command', metavar='COMMAND', parser_class=_Parser)
@@ -198,15 +172,17 @@ def build_parser() -> argparse.ArgumentParser:
               'dashes, e.g. --model.mmd-weight 0.2 --train.max-epochs 50 '
               '--data.modalities image,text. Booleans take true/false, optional values '
               'take none, lists are comma-separated. Precedence: defaults < --config '
-              'FILE.yaml < flags.')
+              'FILE.yaml < flags. --model.name NAME picks the model; "mambarec train '
+              '--model.name NAME --help" lists its options.')
 
     t = sub.add_parser('train', help='train a model and evaluate it',
-                       description='Train MambaRec under the MMRec protocol: early '
+                       description='Train a model under the MMRec protocol: early '
                        'stopping on the valid split, test metrics at the best valid '
                        'epoch. ' + scheme, allow_abbrev=False,
                        usage='mambarec train (--dataset NAME [--data ROOT] | --synthetic '
-                             'PRESET | --config FILE) [--output DIR] [--resume] '
-                             '[--quiet] [--device D] [--SECTION.FIELD VALUE ...]')
+                             'PRESET | --config FILE) [--model.name NAME] [--output DIR] '
+                             '[--resume] [--quiet] [--device D] [--SECTION.FIELD VALUE '
+                             '...]')
     t.add_argument('--config', metavar='FILE', help='a YAML config (sections data, '
                    'model, train)')
     t.add_argument('--output', metavar='DIR', help='run directory: results.json, '
@@ -219,31 +195,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (CUDA when present), cpu, cuda or cuda:N")
     t.add_argument('--quiet', action='store_true', help='no progress bars or epoch lines')
     _add_data_flags(t)
-    _add_config_flags(t)
+    _add_config_flags(t, model_name)
     t.set_defaults(func=cmd_train, _parser=t)
 
-    s = sub.add_parser('search', help='grid search over MMD weight x bandwidth',
-                       description='Train one model per grid point (default the '
-                       "paper's {0.1,0.15,0.2} x {1.0,1.5,2.0} over model.mmd_weight x "
-                       'model.mmd_bandwidth) and select by the VALID metric. ' + scheme,
+    s = sub.add_parser('search', help="grid search over a model's hyperparameters",
+                       description='Train one model per grid point (default: the '
+                       "model's own grid, e.g. MambaRec's {0.1,0.15,0.2} x "
+                       '{1.0,1.5,2.0} over model.mmd_weight x model.mmd_bandwidth) and '
+                       'select by the VALID metric. ' + scheme,
                        allow_abbrev=False,
                        usage='mambarec search (--dataset NAME [--data ROOT] | --synthetic '
-                             'PRESET | --config FILE) [--grid OPTION=V1,V2 ...] '
-                             '[--output DIR] [--resume] [--SECTION.FIELD VALUE ...]')
+                             'PRESET | --config FILE) [--model.name NAME] [--grid '
+                             'OPTION=V1,V2 ...] [--output DIR] [--resume] '
+                             '[--SECTION.FIELD VALUE ...]')
     s.add_argument('--config', metavar='FILE', help='a YAML config')
     s.add_argument('--output', metavar='DIR', help='search directory (default '
-                   'runs/search-NAME)')
+                   'runs/search-MODEL-NAME)')
     s.add_argument('--grid', action='append', metavar='OPTION=V1,V2,...',
                    help='a grid axis, e.g. --grid model.mmd_weight=0.1,0.2 (repeat for '
-                   'more axes; replaces the default grid)')
+                   "more axes; replaces the model's grid)")
     s.add_argument('--resume', action='store_true', help='reuse finished points')
     s.add_argument('--device', dest='cfg:train.device', type=str, metavar='D',
                    help='auto, cpu, cuda or cuda:N')
     s.add_argument('--quiet', action='store_true', help='no progress output')
     _add_data_flags(s)
-    _add_config_flags(s)
+    _add_config_flags(s, model_name)
     s.set_defaults(func=cmd_search, _parser=s)
 
+    trust = ('read a checkpoint of an older mambarec_pyg version with the '
+             'unrestricted unpickler (only for files you made yourself: such a file '
+             'can run code when loaded)')
     e = sub.add_parser('evaluate', help='metrics of a checkpoint',
                        description='Evaluate a checkpoint (a run directory means its '
                        'best.pt) on the valid or test split.', allow_abbrev=False)
@@ -253,12 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument('--format', choices=('table', 'json'), default='table')
     e.add_argument('--data', dest='short_root', metavar='ROOT',
                    help='where the MMRec dataset now lives, if it moved')
+    e.add_argument('--trust-checkpoint', action='store_true', help=trust)
     e.add_argument('--quiet', action='store_true')
     e.set_defaults(func=cmd_evaluate, _parser=e)
 
     r = sub.add_parser('recommend', help='top-K items per user',
                        description='Top-K recommendations from a checkpoint; each '
-                       "user's training items are excluded.", allow_abbrev=False)
+                       "user's training items are excluded (a user with fewer than K "
+                       'other items gets fewer).', allow_abbrev=False)
     r.add_argument('checkpoint', metavar='CHECKPOINT')
     who = r.add_mutually_exclusive_group(required=True)
     who.add_argument('--users', metavar='IDS', help='comma-separated user ids')
@@ -269,7 +252,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument('--out', metavar='FILE', help='write here instead of stdout')
     r.add_argument('--device', default='auto')
     r.add_argument('--data', dest='short_root', metavar='ROOT')
+    r.add_argument('--trust-checkpoint', action='store_true', help=trust)
     r.set_defaults(func=cmd_recommend, _parser=r)
+
+    m = sub.add_parser('models', help='the registered models',
+                       description='List the registered models (the values of '
+                       '--model.name) with their papers and what they need.',
+                       allow_abbrev=False)
+    m.add_argument('--format', choices=('table', 'json'), default='table')
+    m.set_defaults(func=cmd_models, _parser=m)
 
     p = sub.add_parser('prepare', help='build an MMRec dataset from the 2014 Amazon '
                        'files', allow_abbrev=False,
@@ -304,6 +295,13 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument('--format', choices=('table', 'json'), default='table')
     _add_data_flags(st)
     st.set_defaults(func=cmd_stats, _parser=st)
+
+    try:
+        from .experiments.cli import add_parsers as add_experiment_parsers
+    except ImportError:  # pragma: no cover - the experiments package is optional
+        add_experiment_parsers = None
+    if add_experiment_parsers is not None:
+        add_experiment_parsers(sub, _Parser)
     return parser
 
 
@@ -318,17 +316,52 @@ def _normalise(argv: Sequence[str]) -> List[str]:
     return out
 
 
+def _model_name(argv: Sequence[str]) -> str:
+    """The model a command line chooses: ``--model.name``, else the ``model.name`` of
+    its ``--config`` file, else :data:`DEFAULT_MODEL`."""
+    config_file = None
+    for i, tok in enumerate(argv):
+        name, eq, value = tok.partition('=')
+        if name == '--model.name':
+            if eq:
+                return value
+            if i + 1 < len(argv):
+                return argv[i + 1]
+        if name == '--config':
+            config_file = value if eq else (argv[i + 1] if i + 1 < len(argv) else None)
+    if config_file:
+        try:
+            model = read_yaml(config_file).get('model') or {}
+        except ConfigError:
+            return DEFAULT_MODEL  # reported when the config is read
+        if isinstance(model, dict) and isinstance(model.get('name'), str):
+            return model['name']
+    return DEFAULT_MODEL
+
+
 # ---------------------------------------------------------------------------------
 # Config from file + flags
 # ---------------------------------------------------------------------------------
 def _config(args: argparse.Namespace, require_data: bool = True) -> Config:
+    model_name = getattr(args, 'model_name', None)
     if getattr(args, 'config', None):
-        base = Config.from_yaml(args.config).to_dict()
-        explicit_data = True
+        base = read_yaml(args.config)
+        where = str(args.config)
+        base = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+        file_model = (base.get('model') or {}).get('name', DEFAULT_MODEL) \
+            if isinstance(base.get('model'), dict) else DEFAULT_MODEL
+        if model_name is not None and model_name != file_model:
+            raise ConfigError(f'--model.name {model_name} differs from the model of '
+                              f'{where} ({file_model!r}), whose model options do not '
+                              f'apply to it; change the file or drop the flag')
     else:
-        base = Config().to_dict()
-        base['data']['synthetic'] = None  # the data must be chosen explicitly
-        explicit_data = False
+        base, where = {}, None
+    base.setdefault('model', {})
+    if not isinstance(base['model'], dict):
+        raise ConfigError(f'{where}: model: expected a mapping, got '
+                          f'{type(base["model"]).__name__}')
+    if model_name is not None:
+        base['model']['name'] = model_name
     overrides: Dict[str, Any] = {}
     for key, value in vars(args).items():
         if key.startswith('cfg:') and value is not None:
@@ -348,16 +381,29 @@ def _config(args: argparse.Namespace, require_data: bool = True) -> Config:
         overrides['data.synthetic'] = None
     if overrides.get('data.synthetic') is not None and 'data.dataset' not in overrides:
         overrides['data.dataset'] = None
-    if not explicit_data and overrides.get('data.dataset') is None and \
-            overrides.get('data.synthetic') is None:
+    data = base.setdefault('data', {})
+    if not isinstance(data, dict):
+        raise ConfigError(f'{where}: data: expected a mapping, got '
+                          f'{type(data).__name__}')
+    chosen = (data.get('dataset') is not None or data.get('synthetic') is not None or
+              overrides.get('data.dataset') is not None or
+              overrides.get('data.synthetic') is not None)
+    if not chosen:
         if require_data:
-            raise ConfigError('no data chosen: use --dataset NAME [--data ROOT] for '
-                              'MMRec files, --synthetic PRESET, or --config FILE')
-    d = base
+            raise ConfigError(
+                (f'{where}: no data chosen (the file has no data.dataset or '
+                 f'data.synthetic); ' if where else 'no data chosen: ') +
+                'use --dataset NAME [--data ROOT] for MMRec files, --synthetic PRESET, '
+                'or a --config FILE with a data section')
+        data['synthetic'] = 'tiny'
     for key, value in overrides.items():
         section, _, name = key.partition('.')
-        d[section][name] = list(value) if isinstance(value, tuple) else value
-    return Config.from_dict(d)
+        base.setdefault(section, {})[name] = list(value) if isinstance(value,
+                                                                       tuple) else value
+    try:
+        return Config.from_dict(base)
+    except ConfigError as e:
+        raise ConfigError(f'{where}: {e}' if where else str(e)) from None
 
 
 def _default_name(config: Config) -> str:
@@ -366,21 +412,34 @@ def _default_name(config: Config) -> str:
     return f'synthetic-{config.data.synthetic}-{config.data.synthetic_seed}'
 
 
+def _holds_run(out: Path) -> bool:
+    return any((out / name).exists() for name in ('last.pt', 'best.pt',
+                                                  'results.json'))
+
+
 # ---------------------------------------------------------------------------------
 # Commands
 # ---------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
     from .train.experiment import run
     config = _config(args)
-    out = Path(args.output) if args.output else Path('runs') / _default_name(config)
-    if (out / 'last.pt').exists() and not (args.resume or args.overwrite):
+    name = type(config.model).name
+    out = Path(args.output) if args.output else Path('runs') / (
+        f'{name}-{_default_name(config)}')
+    if _holds_run(out) and not (args.resume or args.overwrite):
         raise CommandError(f'{out} already holds a run; use --resume to continue it, '
                            f'--overwrite to start again, or another --output', 2)
     if not args.quiet:
         print(f'run directory: {out}', file=sys.stderr)
     result = run(config, out, resume=args.resume, quiet=args.quiet)
+    if result.status == 'interrupted' and result.epochs == 0:
+        print(f'mambarec train: interrupted before the first epoch completed; nothing '
+              f'was written to {out}', file=sys.stderr)
+        return 130
     print(_result_table(result.best_epoch, result.valid, result.test,
                         config.train.valid_metric))
+    for w in result.warnings:
+        print(f'warning: {w}', file=sys.stderr)
     print(f'results: {out / "results.json"}')
     if result.status == 'interrupted':
         print(f'interrupted: continue with --resume --output {out}', file=sys.stderr)
@@ -394,26 +453,28 @@ def cmd_search(args: argparse.Namespace) -> int:
     grid = None
     if args.grid:
         grid = {}
+        sections = dict(_sections(type(config.model).name))
         for spec in args.grid:
             key, eq, values = spec.partition('=')
             if not eq or not values:
                 raise ConfigError(f'--grid {spec!r}: expected OPTION=V1,V2,...')
             key = key.replace('-', '_')
             section, _, name = key.partition('.')
-            cls = dict(_SECTIONS).get(section)
+            cls = sections.get(section)
             hints = typing.get_type_hints(cls) if cls else {}
             if name not in hints:
-                raise ConfigError(f'--grid: unknown option {key!r} (expected '
-                                  f'<data|model|train>.<field>)')
+                raise ConfigError(f'--grid: unknown option {key!r}'
+                                  f'{did_you_mean(name, hints) if hints else ""} '
+                                  f'(expected <data|model|train>.<field>)')
             tp = hints[name]
             scalar = next((a for a in typing.get_args(tp) if a in (int, float, str,
                                                                    bool)), tp)
             try:
-                grid[key] = [_parse(v, scalar) for v in values.split(',')]
+                grid[key] = [parse_text(v, scalar) for v in values.split(',')]
             except ValueError as e:
                 raise ConfigError(f'--grid {key}: {e}') from None
     out = Path(args.output) if args.output else Path('runs') / (
-        'search-' + _default_name(config))
+        f'search-{type(config.model).name}-{_default_name(config)}')
     result = grid_search(None, config, grid, out, resume=args.resume,
                          quiet=args.quiet)
     metric = result.metric
@@ -430,6 +491,31 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models.registry import get_model_class, list_models
+    rows = []
+    for name in list_models():
+        cls = get_model_class(name)
+        doc = (cls.__doc__ or '').strip().splitlines()
+        need = ('item features: none' if cls.min_modalities == 0 else
+                f'item features: >= {cls.min_modalities}')
+        rows.append({'name': name, 'class': f'{cls.__module__}.{cls.__name__}',
+                     'summary': doc[0].rstrip('.') if doc else '',
+                     'reference': cls.reference, 'min_modalities': cls.min_modalities,
+                     'grid': {k: list(v) for k, v in cls.config_class.GRID.items()},
+                     'needs': need})
+    if args.format == 'json':
+        print(json.dumps(rows, indent=2))
+        return 0
+    width = max(len(r['name']) for r in rows)
+    for r in rows:
+        print(f"{r['name']:<{width}}  {r['reference'] or r['summary']} "
+              f"[{r['needs']}]")
+    print(f'\ntrain one with: mambarec train --synthetic tiny --model.name NAME; its '
+          f'options: mambarec train --model.name NAME --help')
+    return 0
+
+
 def _checkpoint_path(text: str) -> Path:
     path = Path(text)
     if path.is_dir():
@@ -440,18 +526,19 @@ def _checkpoint_path(text: str) -> Path:
 
 
 def _load(args: argparse.Namespace):
+    from .data.dataset import load_dataset
     from .train.checkpoint import load_checkpoint
-    from .train.experiment import load_data, load_run
+    from .train.experiment import load_run
     path = _checkpoint_path(args.checkpoint)
+    trusted = bool(getattr(args, 'trust_checkpoint', False))
     data = None
     if getattr(args, 'short_root', None):
-        state = load_checkpoint(path)
+        state = load_checkpoint(path, trusted=trusted)
         spec = dict(state.get('data') or (state.get('config') or {}).get('data') or {})
         spec['root'] = args.short_root
         from .config import from_dict
-        data = load_data(from_dict(DataConfig, spec))
-    model, data, config = load_run(path, device=args.device, data=data)
-    return model, data, config
+        data = load_dataset(from_dict(DataConfig, spec))
+    return load_run(path, device=args.device, data=data, trusted=trusted)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -481,7 +568,10 @@ def _user_ids(args: argparse.Namespace) -> List[int]:
         path = Path(args.users_file)
         if not path.is_file():
             raise CommandError(f'{path}: users file not found')
-        text = path.read_text()
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            raise CommandError(f'{path}: not a text file of user ids', 2) from None
         source = str(path)
     else:
         text, source = args.users, '--users'
@@ -510,24 +600,32 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     if bad:
         raise CommandError(f'user id {bad[0]}: expected an id in [0, {num_users}) '
                            f'for this dataset', 2)
-    items, scores = recommend(model, data, users, k=args.k)
+    items, scores = recommend(model, users, k=args.k)
+    # Only real candidates: a user with fewer than k unseen items gets fewer.
+    lists = [[(i, s) for i, s in zip(row_i, row_s) if i >= 0 and math.isfinite(s)]
+             for row_i, row_s in zip(items.tolist(), scores.tolist())]
     if args.format == 'json':
-        text = json.dumps([{'user': u, 'items': i, 'scores': [round(x, 6) for x in s]}
-                           for u, i, s in zip(users, items.tolist(), scores.tolist())],
-                          indent=1) + '\n'
+        text = json.dumps([{'user': u, 'items': [i for i, _ in lst],
+                            'scores': [round(s, 6) for _, s in lst]}
+                           for u, lst in zip(users, lists)], indent=1,
+                          allow_nan=False) + '\n'
     else:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator='\n')
         w.writerow(('user', 'rank', 'item', 'score'))
-        for u, row_i, row_s in zip(users, items.tolist(), scores.tolist()):
-            for rank, (i, s) in enumerate(zip(row_i, row_s), 1):
+        for u, lst in zip(users, lists):
+            for rank, (i, s) in enumerate(lst, 1):
                 w.writerow((u, rank, i, f'{s:.6g}'))
         text = buf.getvalue()
+    short = sum(1 for lst in lists if len(lst) < args.k)
+    if short:
+        print(f'note: {short} user(s) have fewer than {args.k} items they have not '
+              f'interacted with; they get fewer recommendations', file=sys.stderr)
     if args.out:
         from .io import atomic_write_text
         atomic_write_text(args.out, text)
-        print(f'wrote {len(users)} x {items.size(1)} recommendations to {args.out}',
-              file=sys.stderr)
+        print(f'wrote recommendations for {len(users)} users (up to {args.k} each) '
+              f'to {args.out}', file=sys.stderr)
     else:
         sys.stdout.write(text)
     return 0
@@ -552,9 +650,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     from .data import summarize
-    from .train.experiment import load_data
+    from .data.dataset import load_dataset
     config = _config(args)
-    data = load_data(config.data)
+    data = load_dataset(config.data)
     summary = summarize(data)
     if args.format == 'json':
         print(json.dumps(summary.as_dict(), indent=2))
@@ -591,13 +689,29 @@ def _result_table(best_epoch: int, valid: Dict[str, float], test: Dict[str, floa
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the ``mambarec`` command; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    command = next((a for a in argv if not a.startswith('-')), 'mambarec')
     try:
-        args = parser.parse_args(_normalise(argv))
+        return _main(_normalise(argv))
+    except KeyboardInterrupt:  # also during start-up (imports, data loading)
+        print(f'mambarec {command}: interrupted', file=sys.stderr)
+        return 130
+
+
+def _main(argv: List[str]) -> int:
+    from .config import ConfigError as _ConfigError
+    try:
+        parser = build_parser(_model_name(argv))
+    except _ConfigError as e:  # an unknown --model.name
+        print(f'mambarec: error: {e}', file=sys.stderr)
+        return 2
+    try:
+        args = parser.parse_args(argv)
     except SystemExit as e:  # argparse: --help (0) or a usage error (2)
         return int(e.code or 0)
     from .data.errors import DataError
     from .data.sampling import NegativeSamplingError
+    from .train.checkpoint import CheckpointError
+    from .train.rundir import RunDirectoryBusy
     from .train.trainer import TrainingDivergedError
     try:
         return args.func(args)
@@ -610,13 +724,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             args._parser.print_usage(sys.stderr)
         print(f'mambarec {args.command}: error: {e}', file=sys.stderr)
         return e.code
-    except (DataError, NegativeSamplingError, TrainingDivergedError,
-            FileNotFoundError, PermissionError, ValueError) as e:
+    except (DataError, NegativeSamplingError, TrainingDivergedError, CheckpointError,
+            RunDirectoryBusy, FileNotFoundError, PermissionError, ValueError,
+            OSError) as e:
         print(f'mambarec {args.command}: error: {e}', file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f'mambarec {args.command}: interrupted', file=sys.stderr)
-        return 130
 
 
 if __name__ == '__main__':  # pragma: no cover

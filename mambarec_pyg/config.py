@@ -1,40 +1,62 @@
 """Typed configuration: dataclasses in, YAML out, misspelt options fail loudly.
 
-Every option of the library lives in one of three dataclasses:
+A run is configured by one :class:`Config` with three sections:
 
-* :class:`DataConfig` -- which dataset to load (MMRec files or a synthetic preset),
-* :class:`MambaRecConfig` -- the model (docs/reference.md §2-§6),
-* :class:`TrainConfig` -- the protocol (docs/reference.md §1),
+* :class:`DataConfig` -- which dataset to load (MMRec files or a synthetic preset);
+* ``model`` -- the chosen model's own config dataclass (a :class:`ModelConfig`
+  subclass, picked by its registered ``name``: ``mambarec`` by default; see
+  :mod:`mambarec_pyg.models`);
+* :class:`TrainConfig` -- the protocol (docs/reference.md §1).
 
-grouped by :class:`Config`. Values are checked when a dataclass is built, so a bad
-value stops with a message naming the field and what was expected. Dictionaries (from
-YAML or the command line) go through :func:`from_dict`, which rejects unknown keys with
-the closest valid name.
+Values are checked when a dataclass is built, so a bad value stops with a message
+naming the field and what was expected. Dictionaries (from YAML or the command line)
+go through :func:`from_dict`, which rejects unknown keys with the closest valid name;
+the ``model`` section is validated against the fields of the model its ``name``
+selects. Strings (command-line flags, grid values) are read by :func:`parse_text`.
 """
 from __future__ import annotations
 
 import dataclasses
-import difflib
+import inspect
 import os
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Type, TypeVar, Union
+from typing import Any, ClassVar, Dict, Optional, Tuple, Type, TypeVar, Union
 
 import yaml
 
 from .io import atomic_write_text
+from .utils import did_you_mean
 
 T = TypeVar('T')
+
+__all__ = ['ConfigError', 'DataConfig', 'TrainConfig', 'ModelConfig', 'Config',
+           'from_dict', 'to_dict', 'parse_text', 'describe_type', 'field_docs',
+           'read_yaml', 'check_choice', 'check_positive_int', 'check_range',
+           'RESUMABLE_CHANGES']
 
 
 class ConfigError(ValueError):
     """A configuration value or key is not what the library expects."""
 
 
+#: Options that moved, with where they live now (named in the error message).
+MOVED = {
+    'train.cl_warmup_epochs': 'model.cl_warmup_epochs (an option of the mambarec '
+                              'model: --model.cl-warmup-epochs N)',
+}
+
+#: Options that may change when a run is resumed; any other difference stops the
+#: resume with a message naming the field.
+RESUMABLE_CHANGES = ('train.max_epochs', 'train.patience', 'train.patience_warmup',
+                     'train.device', 'train.eval_batch_size', 'train.num_threads',
+                     'train.deterministic', 'train.checkpoint_interval_s')
+
+
 # ---------------------------------------------------------------------------------
-# The three sections
+# The sections
 # ---------------------------------------------------------------------------------
 @dataclass
 class DataConfig:
@@ -53,91 +75,33 @@ class DataConfig:
     synthetic: Optional[str] = None
     #: seed of the synthetic data.
     synthetic_seed: int = 0
-    #: modalities to use, by name (``image``, ``text``, ...); ``None`` = all found.
+    #: modalities to use, by name (``image``, ``text``, ...); ``None`` = all found;
+    #: an empty list = none (for models that use no item features).
     modalities: Optional[Tuple[str, ...]] = None
+    #: train without a validation split (no model selection: the last epoch is
+    #: reported). Without it, a dataset with no validation interactions stops with
+    #: an error.
+    allow_no_valid: bool = False
 
     def __post_init__(self) -> None:
         if self.dataset is None and self.synthetic is None:
             raise ConfigError("data: set either 'dataset' (an MMRec directory under "
                               "'root') or 'synthetic' (a preset name)")
-        if self.modalities is not None and len(self.modalities) == 0:
-            raise ConfigError("data.modalities: expected at least one modality name "
-                              "or null for all")
 
 
 @dataclass
-class MambaRecConfig:
-    """The model. Defaults reproduce the released implementation (docs/reference.md)."""
+class ModelConfig:
+    """Base class of every model's configuration dataclass.
 
-    #: ``'reference'`` computes what the published numbers were produced with;
-    #: ``'paper'`` what the paper's text describes (docs/reference.md §6).
-    variant: str = 'reference'
-    #: width d of the user and item embeddings.
-    embedding_size: int = 64
-    #: LightGCN layers on the user-item graph (the content view).
-    ui_layers: int = 4
-    #: propagation layers on each item-item kNN graph (the modality views).
-    ii_layers: int = 1
-    #: neighbours kept per item in the item-item graphs (the item itself included).
-    knn_k: int = 10
-    #: the dimensionality-reduction factor r.
-    reduction_factor: int = 8
-    #: modalities whose projection is reduced; ``None`` = the variant's choice
-    #: (reference: ``image`` only, two stages; paper: every modality).
-    reduced_modalities: Optional[Tuple[str, ...]] = None
-    #: DREAM on (local alignment); ``False`` is the paper's "w/o LA" ablation.
-    local_alignment: bool = True
-    #: MMD + InfoNCE on (global alignment); ``False`` is the paper's "w/o GA" ablation.
-    global_alignment: bool = True
-    #: raw feature tables are trainable parameters (released behaviour).
-    trainable_features: bool = True
-    #: dropout after the shared LayerNorm.
-    dropout: float = 0.2
-    #: weight of the L2 penalty on the batch's final embeddings.
-    reg_weight: float = 1e-4
-    #: weight of the InfoNCE term.
-    cl_weight: float = 0.01
-    #: InfoNCE temperature.
-    cl_temperature: float = 0.2
-    #: weight of the MMD term.
-    mmd_weight: float = 0.15
-    #: Gaussian-kernel bandwidth sigma; several values give a sum of kernels.
-    mmd_bandwidth: Union[float, Tuple[float, ...]] = 1.5
-    #: sparse propagation: ``'fused'`` (autograd functions with a precomputed
-    #: transpose; same values, faster) or ``'pyg'`` (PyG's LGConv / MessagePassing).
-    propagation: str = 'fused'
-    #: rows the fusion step runs on inside ``loss()``: ``'batch'`` (only the rows the
-    #: loss reads; same values, faster) or ``'all'`` (every node, then indexed).
-    fusion_rows: str = 'batch'
-    #: compute a two-stage projection ``D -> D/r -> d`` as one composed affine map
-    #: (same function, ``r``-times fewer multiply-adds on the feature table).
-    compose_projection: bool = True
+    A subclass holds the model's own options (each documented by a ``#:`` comment,
+    which becomes its command-line help); the registry gives it its ``name``
+    (:func:`mambarec_pyg.models.register`). ``GRID`` is the hyperparameter grid of
+    ``mambarec search`` for the model: dotted option names (``model.X`` or
+    ``train.X``) to lists of values.
+    """
 
-    def __post_init__(self) -> None:
-        _choice('model.variant', self.variant, ('reference', 'paper'))
-        _choice('model.propagation', self.propagation, ('fused', 'pyg'))
-        _choice('model.fusion_rows', self.fusion_rows, ('batch', 'all'))
-        for name in ('embedding_size', 'knn_k', 'reduction_factor'):
-            _positive_int(f'model.{name}', getattr(self, name))
-        for name in ('ui_layers', 'ii_layers'):
-            if getattr(self, name) < 0:
-                raise ConfigError(f'model.{name}: expected an integer >= 0, got '
-                                  f'{getattr(self, name)!r}')
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f'model.dropout: expected a probability in [0, 1), got '
-                              f'{self.dropout!r}')
-        for name in ('reg_weight', 'cl_weight', 'mmd_weight'):
-            if getattr(self, name) < 0:
-                raise ConfigError(f'model.{name}: expected a weight >= 0, got '
-                                  f'{getattr(self, name)!r}')
-        if self.cl_temperature <= 0:
-            raise ConfigError(f'model.cl_temperature: expected > 0, got '
-                              f'{self.cl_temperature!r}')
-        bws = self.mmd_bandwidth if isinstance(self.mmd_bandwidth, tuple) else (
-            self.mmd_bandwidth, )
-        if len(bws) == 0 or any(b <= 0 for b in bws):
-            raise ConfigError(f'model.mmd_bandwidth: expected one or more values > 0, '
-                              f'got {self.mmd_bandwidth!r}')
+    name: ClassVar[str] = ''
+    GRID: ClassVar[Dict[str, list]] = {}
 
 
 @dataclass
@@ -154,8 +118,13 @@ class TrainConfig:
     eval_batch_size: int = 4096
     #: Adam learning rate.
     lr: float = 1e-3
-    #: learning rate times ``lr_decay ** (epoch / lr_decay_epochs)``.
-    lr_decay: float = 0.96
+    #: Adam weight decay (an L2 term on every parameter, as MMRec's Adam);
+    #: ``None``: the model's protocol default (0 except SLMRec's 1e-4).
+    weight_decay: Optional[float] = None
+    #: learning rate times ``lr_decay ** (epoch / lr_decay_epochs)``; ``None``: the
+    #: model's protocol default (0.96 for MambaRec and MGCN, 1.0 -- no decay -- for
+    #: the other models, as in MMRec).
+    lr_decay: Optional[float] = None
     #: epochs over which the learning rate falls by one factor ``lr_decay``.
     lr_decay_epochs: float = 50.0
     #: the most epochs a run trains.
@@ -166,17 +135,6 @@ class TrainConfig:
     patience: int = 20
     #: epochs at the start during which patience does not count.
     patience_warmup: int = 0
-    #: epochs at the start with the InfoNCE weight held at 0 (docs/reference.md
-    #: §8). 0 is the released behaviour. Measured (seed 999, B = 2048, defaults
-    #: otherwise): on the Baby-scale synthetic preset, 5 epochs with 0 kept BPR at
-    #: 0.6925 -> 0.6918 and valid Recall@20 fell from 0.116 (epoch 0) to 0.058-0.068,
-    #: while 5 warm-up epochs took BPR 0.683 -> 0.299 and valid Recall@20 0.151 ->
-    #: 0.207; with 3 warm-up epochs InfoNCE, once on, did not pin BPR again (7
-    #: epochs: BPR 0.683 -> 0.214, valid Recall@20 0.152 -> 0.244, still rising).
-    #: On ``tiny`` the effect is small (B = 2048, 40 epochs: best valid
-    #: Recall@20 0.725 without vs 0.745 with 10 warm-up epochs; B = 128, 20 epochs:
-    #: 0.750 vs 0.755 with 5).
-    cl_warmup_epochs: int = 0
     #: the early-stopping and model-selection metric, ``<metric>@K``.
     valid_metric: str = 'recall@20'
     #: the cut-offs K of the reported metrics.
@@ -192,29 +150,40 @@ class TrainConfig:
     #: steps); with it, the step time was unchanged there. ``None`` (default): on
     #: for CPU training, off for CUDA (where its cost has not been measured).
     deterministic: Optional[bool] = None
+    #: ``last.pt`` (everything needed to resume) is written at most once per this
+    #: many seconds, and always at the end of a run or when it is interrupted;
+    #: ``best.pt`` is written with it when the best epoch changed. 0: after every
+    #: epoch. A crash (``kill -9``, power loss) loses at most this much training.
+    checkpoint_interval_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.num_threads < 0:
             raise ConfigError(f'train.num_threads: expected an integer >= 0 (0: '
                               f"PyTorch's default), got {self.num_threads!r}")
         for name in ('batch_size', 'eval_batch_size', 'max_epochs'):
-            _positive_int(f'train.{name}', getattr(self, name))
-        for name in ('patience', 'patience_warmup', 'cl_warmup_epochs'):
+            check_positive_int(f'train.{name}', getattr(self, name))
+        for name in ('patience', 'patience_warmup'):
             if getattr(self, name) < 0:
                 raise ConfigError(f'train.{name}: expected an integer >= 0, got '
                                   f'{getattr(self, name)!r}')
         if self.lr <= 0:
             raise ConfigError(f'train.lr: expected > 0, got {self.lr!r}')
-        if not 0 < self.lr_decay <= 1:
-            raise ConfigError(f'train.lr_decay: expected a factor in (0, 1], got '
-                              f'{self.lr_decay!r}')
+        if self.weight_decay is not None and self.weight_decay < 0:
+            raise ConfigError(f'train.weight_decay: expected >= 0 or none, got '
+                              f'{self.weight_decay!r}')
+        if self.lr_decay is not None and not 0 < self.lr_decay <= 1:
+            raise ConfigError(f'train.lr_decay: expected a factor in (0, 1] or none, '
+                              f'got {self.lr_decay!r}')
         if self.lr_decay_epochs <= 0:
             raise ConfigError(f'train.lr_decay_epochs: expected > 0, got '
                               f'{self.lr_decay_epochs!r}')
+        if self.checkpoint_interval_s < 0:
+            raise ConfigError(f'train.checkpoint_interval_s: expected >= 0, got '
+                              f'{self.checkpoint_interval_s!r}')
         if not self.topk or any(k <= 0 for k in self.topk):
             raise ConfigError(f'train.topk: expected positive integers, got {self.topk!r}')
         metric, _, k = self.valid_metric.lower().partition('@')
-        _choice('train.valid_metric (before @)', metric,
+        check_choice('train.valid_metric (before @)', metric,
                 ('recall', 'ndcg', 'precision', 'map'))
         if not k.isdigit() or int(k) not in self.topk:
             raise ConfigError(f"train.valid_metric: expected '<metric>@K' with K in "
@@ -226,13 +195,24 @@ class TrainConfig:
                               f"'cuda:N', got {dev!r}")
 
 
+def _default_model_config() -> 'ModelConfig':
+    from .models.registry import get_config_class
+    return get_config_class('mambarec')()
+
+
 @dataclass
 class Config:
     """Everything one run needs."""
 
     data: DataConfig = field(default_factory=lambda: DataConfig(synthetic='tiny'))
-    model: MambaRecConfig = field(default_factory=MambaRecConfig)
+    model: ModelConfig = field(default_factory=_default_model_config)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, ModelConfig) or not type(self.model).name:
+            raise ConfigError(f'model: expected the config dataclass of a registered '
+                              f'model (e.g. MambaRecConfig()), got '
+                              f'{type(self.model).__name__}')
 
     # -- dictionaries and YAML -----------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:
@@ -250,52 +230,92 @@ class Config:
 
     @classmethod
     def from_yaml(cls, path: Union[str, os.PathLike]) -> 'Config':
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f'{path}: config file not found')
-        try:
-            d = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f'{path}: not valid YAML ({e})') from None
-        if not isinstance(d, dict):
-            raise ConfigError(f'{path}: expected a mapping with sections data, model, '
-                              f'train; got {type(d).__name__}')
+        """Read a YAML config; every section is optional but ``data`` (a run must say
+        which data it uses)."""
+        d = read_yaml(path)
+        if 'data' not in d:
+            raise ConfigError(f"{path}: no 'data' section; say which data to use "
+                              f"(data: {{dataset: NAME, root: DIR}} or data: "
+                              f"{{synthetic: PRESET}})")
         try:
             return cls.from_dict(d)
         except ConfigError as e:
             raise ConfigError(f'{path}: {e}') from None
 
     def with_overrides(self, overrides: Dict[str, Any]) -> 'Config':
-        """A copy with dotted keys replaced, e.g. ``{'model.mmd_weight': 0.2}``."""
+        """A copy with dotted keys replaced, e.g. ``{'model.mmd_weight': 0.2}``.
+
+        ``model.name`` switches to another model's config (its defaults, then the
+        other ``model.*`` overrides).
+        """
         d = self.to_dict()
+        new_name = overrides.get('model.name')
+        if new_name is not None and new_name != d['model']['name']:
+            d['model'] = {'name': new_name}
         for key, value in overrides.items():
             section, _, name = key.partition('.')
             if section not in d or not name:
                 raise ConfigError(f'unknown option {key!r}: expected '
                                   f'<data|model|train>.<field>')
-            if name not in d[section]:
+            if name not in d[section] and not (section == 'model'):
                 raise ConfigError(_unknown(f'{section}.{name}', name, d[section]))
-            d[section][name] = value
+            d[section][name] = list(value) if isinstance(value, tuple) else value
         return self.from_dict(d)
+
+
+def read_yaml(path: Union[str, os.PathLike]) -> Dict[str, Any]:
+    """A YAML file's top-level mapping; every failure names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f'{path}: config file not found')
+    try:
+        text = path.read_text(encoding='utf-8')
+    except UnicodeDecodeError:
+        raise ConfigError(f'{path}: not a YAML text file (it is not valid UTF-8 text; '
+                          f'expected a YAML mapping with sections data, model, '
+                          f'train)') from None
+    except OSError as e:
+        raise ConfigError(f'{path}: cannot read ({e.strerror})') from None
+    try:
+        d = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f'{path}: not valid YAML ({e})') from None
+    if d is None:
+        raise ConfigError(f'{path}: the file is empty; expected a YAML mapping with '
+                          f'sections data, model, train')
+    if not isinstance(d, dict):
+        raise ConfigError(f'{path}: expected a mapping with sections data, model, '
+                          f'train; got {type(d).__name__}')
+    return d
 
 
 # ---------------------------------------------------------------------------------
 # Generic strict conversion
 # ---------------------------------------------------------------------------------
 def to_dict(obj: Any) -> Any:
-    """A dataclass as plain YAML-friendly values (tuples become lists)."""
+    """A dataclass as plain YAML-friendly values (tuples become lists); a model config
+    starts with its ``name``."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        out = {'name': type(obj).name} if isinstance(obj, ModelConfig) else {}
+        out.update({f.name: to_dict(getattr(obj, f.name))
+                    for f in dataclasses.fields(obj)})
+        return out
     if isinstance(obj, (tuple, list)):
         return [to_dict(v) for v in obj]
     return obj
 
 
 def from_dict(cls: Type[T], d: Dict[str, Any], path: str = '') -> T:
-    """Build dataclass ``cls`` from ``d``; unknown keys and wrong types raise."""
+    """Build dataclass ``cls`` from ``d``; unknown keys and wrong types raise.
+
+    For ``cls`` = :class:`ModelConfig` (or any registered model's config class),
+    ``d['name']`` picks the model (default ``mambarec``).
+    """
     if not isinstance(d, dict):
         raise ConfigError(f'{path or cls.__name__}: expected a mapping, got '
                           f'{type(d).__name__}')
+    if isinstance(cls, type) and issubclass(cls, ModelConfig):
+        return _model_config(d, path or 'model', cls)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
@@ -312,8 +332,40 @@ def from_dict(cls: Type[T], d: Dict[str, Any], path: str = '') -> T:
         raise ConfigError(f'{path or cls.__name__}: {e}') from None
 
 
+def _model_config(d: Dict[str, Any], path: str, base: type) -> ModelConfig:
+    from .models.registry import get_config_class
+    d = dict(d)
+    name = d.pop('name', None)
+    if name is None:
+        name = base.name or 'mambarec'
+    if not isinstance(name, str):
+        raise ConfigError(f'{path}.name: expected a model name, got {name!r}')
+    cls = get_config_class(name)
+    if base is not ModelConfig and base.name and cls is not base:
+        raise ConfigError(f'{path}.name: expected {base.name!r} for '
+                          f'{base.__name__}, got {name!r}')
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for key, value in d.items():
+        where = f'{path}.{key}'
+        if key not in names:
+            raise ConfigError(_unknown(where, key, names, model=name))
+        kwargs[key] = _coerce(value, hints[key], where)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except TypeError as e:
+        raise ConfigError(f'{path}: {e}') from None
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
+    if isinstance(tp, type) and issubclass(tp, ModelConfig):
+        if isinstance(value, ModelConfig):
+            return value
+        return from_dict(tp, value, where)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
@@ -333,13 +385,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(errors[0] if len(errors) == 1 else
-                          f'{where}: expected {_type_name(tp)}, got {value!r}')
+                          f'{where}: expected {describe_type(tp)}, got {value!r}')
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f'{where}: expected a list of {_type_name(tp)}, got '
                               f'{value!r}')
-        args = typing.get_args(tp)
-        item_tp = args[0]
+        item_tp = typing.get_args(tp)[0]
         return tuple(_coerce(v, item_tp, f'{where}[{i}]') for i, v in enumerate(value))
     if tp is bool:
         if isinstance(value, bool):
@@ -362,9 +413,80 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+# ---------------------------------------------------------------------------------
+# Strings (command-line flags, grid values)
+# ---------------------------------------------------------------------------------
+_NONE = ('none', 'null', '~')
+_TRUE = ('true', 'yes', 'on', '1')
+_FALSE = ('false', 'no', 'off', '0')
+
+
+def describe_type(tp: Any) -> str:
+    """What a value of type ``tp`` looks like, in words."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        text = ' or '.join(describe_type(a) for a in args)
+        return text + (' or none' if type(None) in typing.get_args(tp) else '')
+    if origin is tuple:
+        item = typing.get_args(tp)[0]
+        plural = {int: 'integers', float: 'numbers', str: 'strings'}.get(item)
+        return f'a comma-separated list of {plural or describe_type(item)}'
+    return {int: 'an integer', float: 'a number', bool: 'true or false',
+            str: 'a string'}.get(tp, getattr(tp, '__name__', str(tp)))
+
+
+def parse_text(text: str, tp: Any) -> Any:
+    """``text`` (a command-line value) as a value of type ``tp``.
+
+    Numbers, ``true``/``false``, ``none`` for an empty optional, comma-separated
+    lists for tuples (``''`` or ``,`` for an empty list). Raises :class:`ValueError`
+    naming what was expected.
+    """
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if type(None) in args and text.strip().lower() in _NONE:
+            return None
+        others = [a for a in args if a is not type(None)]
+        # a list reading only when the text has a comma
+        others.sort(key=lambda a: (typing.get_origin(a) is tuple) != (',' in text))
+        for arg in others:
+            try:
+                return parse_text(text, arg)
+            except ValueError:
+                continue
+        raise ValueError(f'expected {describe_type(tp)}, got {text!r}')
+    if origin is tuple:
+        item = typing.get_args(tp)[0]
+        if text.strip() in ('', ','):
+            return ()
+        parts = [p.strip() for p in text.split(',') if p.strip()]
+        if not parts:
+            raise ValueError(f'expected {describe_type(tp)}, got {text!r}')
+        return tuple(parse_text(p, item) for p in parts)
+    if tp is bool:
+        low = text.strip().lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise ValueError(f'expected true or false, got {text!r}')
+    if tp is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f'expected an integer, got {text!r}') from None
+    if tp is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f'expected a number, got {text!r}') from None
+    return text
+
+
 def field_docs(cls: type) -> Dict[str, str]:
     """The ``#:`` comment lines above each field of dataclass ``cls``, joined."""
-    import inspect
     docs: Dict[str, str] = {}
     pending = []
     for line in inspect.getsource(cls).splitlines():
@@ -389,18 +511,54 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, '__name__', str(tp))
 
 
-def _unknown(where: str, key: Any, valid) -> str:
-    close = difflib.get_close_matches(str(key), list(valid), n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ''
-    return (f'unknown option {where!r}{hint} (valid: {", ".join(sorted(valid))})')
+def _unknown(where: str, key: Any, valid, model: Optional[str] = None) -> str:
+    moved = MOVED.get(where)
+    if moved:
+        return f'option {where!r} has moved to {moved}'
+    of = f' of model {model!r}' if model else ''
+    return (f'unknown option {where!r}{of}{did_you_mean(str(key), valid)} (valid: '
+            f'{", ".join(sorted(valid))})')
 
 
-def _choice(where: str, value: Any, choices) -> None:
+def check_choice(where: str, value: Any, choices) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is one of ``choices``."""
     if value not in choices:
         raise ConfigError(f'{where}: expected one of {", ".join(map(repr, choices))}, '
                           f'got {value!r}')
 
 
-def _positive_int(where: str, value: Any) -> None:
+def check_positive_int(where: str, value: Any) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is an integer > 0."""
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ConfigError(f'{where}: expected a positive integer, got {value!r}')
+
+
+def check_range(where: str, value: Any, low: Optional[float] = None,
+                high: Optional[float] = None, *, low_open: bool = False,
+                high_open: bool = False) -> None:
+    """Raise :class:`ConfigError` unless ``low <= value <= high`` (``<`` where open;
+    ``None`` bounds are not checked)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        lo = '' if low is None else f'{"(" if low_open else "["}{low}'
+        hi = '' if high is None else f'{high}{")" if high_open else "]"}'
+        want = (f'a number in {lo}, {hi}' if low is not None and high is not None else
+                f'a number {">" if low_open else ">="} {low}' if low is not None else
+                f'a number {"<" if high_open else "<="} {high}')
+        raise ConfigError(f'{where}: expected {want}, got {value!r}')
+
+
+def __getattr__(name: str) -> Any:
+    # Model config classes live with their models; ``from mambarec_pyg.config import
+    # MambaRecConfig`` keeps working.
+    if name.endswith('Config') and name[:-6]:
+        from .models import registry
+        for model_name in registry.list_models():
+            cls = registry.get_config_class(model_name)
+            if cls.__name__ == name:
+                return cls
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

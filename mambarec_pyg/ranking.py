@@ -84,18 +84,19 @@ def rank_items(user_emb: Tensor, item_emb: Tensor, users: Tensor, k: int,
     Args:
         user_emb, item_emb: ``[U, d]`` and ``[N, d]`` embeddings.
         users (LongTensor): user ids (rows of ``user_emb``; may repeat).
-        k (int): items per user, at most ``N``.
+        k (int): items per user (``k > N`` gives ``N`` columns).
         exclude (ItemLists, optional): items per user id never to return.
         batch_size (int): users scored at a time (bounds the ``[batch, N]`` scores).
 
     Returns:
-        ``(items [len(users), k], scores [len(users), k])``, best first. A user with
-        fewer than ``k`` items left gets excluded items (score :math:`-\infty`) last.
+        ``(items [len(users), min(k, N)], scores)``, best first. An excluded item is
+        never returned: a user with fewer candidates than columns gets ``-1`` (score
+        :math:`-\infty`) in the remaining places.
     """
     num_items = item_emb.size(0)
-    if not 1 <= k <= num_items:
-        raise ValueError(f'k: expected 1 <= k <= {num_items} (the number of items), '
-                         f'got {k}')
+    if k < 1:
+        raise ValueError(f'k: expected k >= 1, got {k}')
+    k = min(int(k), num_items)
     users = users.to(user_emb.device, torch.long).view(-1)
     item_t = item_emb.t().contiguous()
     items, scores = [], []
@@ -106,7 +107,10 @@ def rank_items(user_emb: Tensor, item_emb: Tensor, users: Tensor, k: int,
             rows, cols = exclude.gather(batch)
             s[rows, cols] = float('-inf')
         top = s.topk(k, dim=1)
-        items.append(top.indices)
+        idx = top.indices
+        if exclude is not None:
+            idx = idx.masked_fill(top.values == float('-inf'), -1)
+        items.append(idx)
         scores.append(top.values)
     if not items:
         return (torch.empty(0, k, dtype=torch.long, device=user_emb.device),

@@ -7,7 +7,8 @@ import pytest
 import torch
 import yaml
 
-from mambarec_pyg.cli import _parse, main
+from mambarec_pyg.cli import main
+from mambarec_pyg.config import parse_text as _parse
 from mambarec_pyg.config import Config
 
 UI = ('user', 'interacts', 'item')
@@ -169,6 +170,7 @@ def test_every_config_field_has_a_flag(capsys):
     parser = build_parser()
     train = parser._subparsers._group_actions[0].choices['train']
     flags = {o for a in train._actions for o in a.option_strings}
+    assert '--model.name' in flags
     for section, cls in (('data', Config().data.__class__),
                          ('model', Config().model.__class__),
                          ('train', Config().train.__class__)):

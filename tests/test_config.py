@@ -39,7 +39,7 @@ def test_bad_options_fail_loudly(overrides, match):
 
 def test_yaml_errors_name_the_file(tmp_path):
     path = tmp_path / 'bad.yaml'
-    path.write_text('model:\n  knn: 5\n')
+    path.write_text('data:\n  synthetic: tiny\nmodel:\n  knn: 5\n')
     with pytest.raises(ConfigError, match=r"bad\.yaml.*unknown option 'model\.knn'"):
         Config.from_yaml(path)
     with pytest.raises(ConfigError, match='not found'):

@@ -49,5 +49,17 @@ def test_rank_items_matches_numpy_ranking():
 
 
 def test_rank_items_rejects_bad_k():
-    with pytest.raises(ValueError, match='k: expected 1 <= k <= 3'):
-        rank_items(torch.zeros(2, 2), torch.zeros(3, 2), torch.tensor([0]), 4)
+    with pytest.raises(ValueError, match='k: expected k >= 1'):
+        rank_items(torch.zeros(2, 2), torch.zeros(3, 2), torch.tensor([0]), 0)
+
+
+def test_rank_items_never_returns_an_excluded_item():
+    # k beyond the candidates: all candidates, then -1 with score -inf
+    user = torch.tensor([[1.0], [1.0]])
+    item = torch.tensor([[3.0], [2.0], [1.0]])
+    exclude = ItemLists(torch.tensor([0, 0, 1]), torch.tensor([0, 2, 1]), 2)
+    top, scores = rank_items(user, item, torch.tensor([0, 1]), 5, exclude)
+    assert top.shape == (2, 3)  # at most N columns
+    assert top[0].tolist() == [1, -1, -1]
+    assert top[1].tolist() == [0, 2, -1]
+    assert torch.isinf(scores[0, 1:]).all() and torch.isfinite(scores[1, :2]).all()

@@ -10,17 +10,23 @@
 * :func:`load_dataset` -- whichever of the two a :class:`~mambarec_pyg.config.DataConfig`
   names;
 * :func:`summarize` -- the dataset's numbers in the shape of the paper's Table 1;
-* :func:`normalized_adjacency`, :func:`item_item_graph` -- the graphs built once before
-  training; :func:`sample_negatives` -- BPR negatives.
+* :class:`UserItemNorm`, :class:`ItemKNN`, :func:`apply_transforms` -- PyG transforms
+  that put the derived graphs on the data (cached in the dataset's processed
+  directory); :func:`normalized_adjacency`, :func:`item_item_graph` -- the same graphs
+  as sparse matrices;
+* :func:`training_index` -- the training pairs indexed once (sampler, graphs,
+  evaluation, ``recommend``); :func:`sample_negatives` -- BPR negatives.
 
 Every dataset has node types ``'user'`` and ``'item'`` and the edge type :data:`UI`.
 """
 from .amazon import prepare_amazon
-from .dataset import load_dataset
+from .dataset import data_spec, load_dataset
 from .errors import DataError, DataWarning
 from .graphs import item_item_graph, normalized_adjacency
-from .mmrec import UI, load_mmrec, split_labels, write_mmrec
-from .sampling import sample_negatives
+from .index import UI, TrainingIndex, training_index
+from .mmrec import load_mmrec, split_labels, write_mmrec
+from .sampling import BPRBatch, TrainingPairs, sample_negatives
+from .transforms import ItemKNN, UserItemNorm, apply_transforms, knn_relation
 from .summary import DatasetSummary, summarize
 from .synthetic import PRESETS, SyntheticPreset, make_synthetic, synthetic_dataset
 
@@ -28,5 +34,7 @@ __all__ = sorted([
     'UI', 'DataError', 'DataWarning', 'load_mmrec', 'write_mmrec', 'load_dataset',
     'summarize', 'DatasetSummary', 'make_synthetic', 'synthetic_dataset', 'PRESETS',
     'SyntheticPreset', 'prepare_amazon', 'split_labels', 'normalized_adjacency',
-    'item_item_graph', 'sample_negatives'
+    'item_item_graph', 'sample_negatives', 'data_spec', 'TrainingIndex',
+    'training_index', 'BPRBatch', 'TrainingPairs', 'ItemKNN', 'UserItemNorm',
+    'apply_transforms', 'knn_relation'
 ])

@@ -1,17 +1,22 @@
-"""The dataset a :class:`~mambarec_pyg.config.DataConfig` names.
+"""The dataset a :class:`~mambarec_pyg.config.DataConfig` names: the one loader.
 
-One entry point for code that starts from a configuration (the command line, the
-trainer): an MMRec directory ``root/dataset/`` when ``dataset`` is set, otherwise the
-synthetic preset ``synthetic`` written to the cache and read back through the same
-loader.
+Every entry point that starts from a configuration (the command line, experiments,
+the examples, checkpoints) loads data here: an MMRec directory ``root/dataset/`` when
+``dataset`` is set, otherwise the synthetic preset ``synthetic`` written to the cache
+and read back through the same MMRec loader.
 """
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any, Dict
+
 from torch_geometric.data import HeteroData
 
-from ..config import DataConfig
+from ..config import DataConfig, to_dict
 from .mmrec import load_mmrec
 from .synthetic import synthetic_dataset
+
+__all__ = ['load_dataset', 'data_spec']
 
 
 def load_dataset(config: DataConfig, verbose: bool = False) -> HeteroData:
@@ -22,3 +27,12 @@ def load_dataset(config: DataConfig, verbose: bool = False) -> HeteroData:
                           verbose=verbose)
     return synthetic_dataset(config.synthetic, seed=config.synthetic_seed,
                              modalities=config.modalities, verbose=verbose)
+
+
+def data_spec(config: DataConfig) -> Dict[str, Any]:
+    """``config`` as a dict with ``root`` made absolute, so a checkpoint can find the
+    data again from any working directory."""
+    spec = to_dict(config)
+    if config.dataset is not None:
+        spec['root'] = str(Path(config.root).resolve())
+    return spec

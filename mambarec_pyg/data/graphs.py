@@ -1,4 +1,7 @@
-r"""The graphs MambaRec propagates on, built once before training.
+r"""The graphs the models propagate on, as plain functions (no caching, no I/O).
+
+The graph transforms of :mod:`mambarec_pyg.data.transforms` call these to put the
+graphs on the data, where the models find them; they are also usable on their own.
 
 * :func:`normalized_adjacency` -- the LightGCN-normalised user-item graph
   :math:`\mathbf{L} = \mathbf{D}^{-1/2} \mathbf{A} \mathbf{D}^{-1/2}` with
@@ -10,7 +13,11 @@ r"""The graphs MambaRec propagates on, built once before training.
 * :func:`item_item_graph` -- per modality, the normalised k-nearest-neighbour graph of
   the raw item features (the modality views of MambaRec, after
   `"LATTICE" <https://arxiv.org/abs/2104.09036>`_ and
-  `"MGCN" <https://arxiv.org/abs/2308.03588>`_), cached on disk.
+  `"MGCN" <https://arxiv.org/abs/2308.03588>`_), similarity-weighted (MambaRec,
+  MGCN) or binary (FREEDOM).
+* :func:`knn_edges` / :func:`user_item_weights` -- the same graphs as edge lists
+  with weights (what the transforms store on the data);
+* :func:`sparse_from_edges` -- a sparse matrix (rows are targets) from an edge list.
 
 Both return sparse matrices ready for :func:`torch_geometric.utils.spmm`: a
 :class:`torch_sparse.SparseTensor` when ``torch-sparse`` is installed
@@ -22,11 +29,8 @@ are the exact :math:`1/\sqrt{\cdot}` of the degrees rounded once.
 """
 from __future__ import annotations
 
-import hashlib
-import os
 import warnings
-from pathlib import Path
-from typing import NamedTuple, Optional, Union
+from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -34,17 +38,17 @@ from torch import Tensor
 import torch_geometric.typing
 from torch_geometric.typing import SparseTensor
 
-from ..io import atomic_path
 from .errors import DataError
 
 __all__ = ['normalized_adjacency', 'item_item_graph', 'UserItemGraph', 'to_sparse',
-           'default_cache_dir', 'LAYOUTS']
+           'knn_edges', 'user_item_weights', 'sparse_from_edges', 'LAYOUTS',
+           'WEIGHTINGS']
 
 #: Sparse layouts the builders can return.
 LAYOUTS = ('auto', 'csr', 'coo', 'sparse_tensor')
-
-# Bumped whenever the kNN construction changes, so old cache files are not reused.
-_KNN_VERSION = 1
+#: Edge weights of the kNN graphs before normalisation: the cosine similarity
+#: (MambaRec, MGCN, LATTICE) or 1 (FREEDOM).
+WEIGHTINGS = ('similarity', 'binary')
 
 
 class UserItemGraph(NamedTuple):
@@ -84,9 +88,47 @@ def to_sparse(row: Tensor, col: Tensor, value: Tensor, size: tuple,
         return torch.sparse_csr_tensor(crow, col, value, size, check_invariants=False)
 
 
+def _check_edge_index(edge_index: Tensor, num_users: int, num_items: int,
+                      where: str) -> Tensor:
+    if not isinstance(edge_index, Tensor) or edge_index.dim() != 2 or \
+            edge_index.size(0) != 2:
+        shape = tuple(edge_index.shape) if isinstance(edge_index, Tensor) else None
+        raise DataError(f'{where}: expected edge_index as a tensor of shape [2, E] '
+                        f'(users, items), got {shape or type(edge_index)}')
+    if edge_index.is_floating_point() or edge_index.is_complex():
+        raise DataError(f'{where}: expected integer edge_index, got {edge_index.dtype}')
+    edge_index = edge_index.long()
+    for what, ids, n in (('user', edge_index[0], num_users),
+                         ('item', edge_index[1], num_items)):
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= n):
+            bad = int(((ids < 0) | (ids >= n)).nonzero()[0, 0])
+            raise DataError(f'{where}: edge_index[:, {bad}] has {what} id '
+                            f'{int(ids[bad])}, expected 0 <= id < {n}')
+    return edge_index
+
+
+def user_item_weights(edge_index: Tensor, num_users: int, num_items: int) -> Tensor:
+    r"""LightGCN weights :math:`1/\sqrt{d_u d_i}` of the user-item edges, float64.
+
+    :math:`d` counts distinct pairs. A pair repeated :math:`c` times in
+    ``edge_index`` gets :math:`1/(c\sqrt{d_u d_i})` on each copy, so propagation
+    (which sums over edges) sees every pair once, with its full weight.
+    """
+    edge_index = _check_edge_index(edge_index, num_users, num_items,
+                                   'user_item_weights')
+    key = edge_index[0] * num_items + edge_index[1]
+    distinct, inverse, counts = torch.unique(key, return_inverse=True,
+                                             return_counts=True)
+    deg_u = torch.bincount(distinct // num_items, minlength=num_users).double()
+    deg_i = torch.bincount(distinct % num_items, minlength=num_items).double()
+    value = _inv_sqrt(deg_u)[edge_index[0]] * _inv_sqrt(deg_i)[edge_index[1]]
+    return value / counts[inverse].double()
+
+
 def normalized_adjacency(edge_index: Tensor, num_users: int, num_items: int, *,
                          dtype: torch.dtype = torch.float32,
-                         layout: str = 'auto') -> UserItemGraph:
+                         layout: str = 'auto',
+                         edge_weight: Optional[Tensor] = None) -> UserItemGraph:
     r"""The LightGCN-normalised user-item adjacency and its user-item block.
 
     .. math::
@@ -104,45 +146,59 @@ def normalized_adjacency(edge_index: Tensor, num_users: int, num_items: int, *,
         num_items: :math:`N`.
         dtype: value dtype of the result. (default: ``torch.float32``)
         layout: see :func:`to_sparse`. (default: ``'auto'``)
+        edge_weight: the weight of each edge (e.g. stored on the data by
+            :class:`~mambarec_pyg.data.transforms.UserItemNorm`); ``None`` computes
+            :func:`user_item_weights`. Repeated pairs are summed.
 
     Returns:
         :class:`UserItemGraph` ``(adj [U+N, U+N], r_hat [U, N])``.
     """
-    if not isinstance(edge_index, Tensor) or edge_index.dim() != 2 or \
-            edge_index.size(0) != 2:
-        shape = tuple(edge_index.shape) if isinstance(edge_index, Tensor) else None
-        raise DataError(f'normalized_adjacency: expected edge_index as a tensor of '
-                        f'shape [2, E] (users, items), got {shape or type(edge_index)}')
-    if edge_index.is_floating_point() or edge_index.is_complex():
-        raise DataError(f'normalized_adjacency: expected integer edge_index, got '
-                        f'{edge_index.dtype}')
-    edge_index = edge_index.long()
-    for what, ids, n in (('user', edge_index[0], num_users),
-                         ('item', edge_index[1], num_items)):
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= n):
-            bad = int(((ids < 0) | (ids >= n)).nonzero()[0, 0])
-            raise DataError(f'normalized_adjacency: edge_index[:, {bad}] has {what} '
-                            f'id {int(ids[bad])}, expected 0 <= id < {n}')
-    # Binary R: one entry per distinct (user, item) pair, sorted by user then item.
-    key = torch.unique(edge_index[0] * num_items + edge_index[1])
-    user, item = key // num_items, key % num_items
-    deg_u = torch.bincount(user, minlength=num_users).double()
-    deg_i = torch.bincount(item, minlength=num_items).double()
-    inv_u = _inv_sqrt(deg_u)
-    inv_i = _inv_sqrt(deg_i)
-    value = inv_u[user] * inv_i[item]
-
-    r_hat = to_sparse(user, item, value.to(dtype), (num_users, num_items), layout)
-
-    # Full matrix: the R block (rows of users) then the R^T block (rows of items);
-    # sort once by (row, col) so both sparse formats get coalesced input.
+    edge_index = _check_edge_index(edge_index, num_users, num_items,
+                                   'normalized_adjacency')
+    if edge_weight is None:
+        edge_weight = user_item_weights(edge_index, num_users, num_items)
+    user, item = edge_index[0], edge_index[1]
+    r_hat = sparse_from_edges(torch.stack([item, user]), edge_weight,
+                              (num_users, num_items), dtype=dtype, layout=layout)
+    n = num_users + num_items
     row = torch.cat([user, item + num_users])
     col = torch.cat([item + num_users, user])
-    n = num_users + num_items
-    order = torch.argsort(row * n + col)
-    adj = to_sparse(row[order], col[order],
-                    torch.cat([value, value])[order].to(dtype), (n, n), layout)
+    adj = sparse_from_edges(torch.stack([col, row]),
+                            torch.cat([edge_weight, edge_weight]), (n, n), dtype=dtype,
+                            layout=layout)
     return UserItemGraph(adj, r_hat)
+
+
+def sparse_from_edges(edge_index: Tensor, edge_weight: Optional[Tensor],
+                      size: Tuple[int, int], *, dtype: Optional[torch.dtype] = None,
+                      layout: str = 'auto') -> Union[Tensor, SparseTensor]:
+    r"""The propagation matrix of an edge list: ``M[t, s] = sum of w`` over the edges
+    ``s -> t`` (PyG's ``source_to_target`` flow: ``edge_index[0]`` are sources,
+    ``edge_index[1]`` targets), so ``spmm(M, x)[t] = sum_s w x[s]``.
+
+    Args:
+        edge_index: ``[2, E]`` (sources, targets).
+        edge_weight: ``[E]`` weights (``None``: 1); repeated edges are summed.
+        size: ``(num_targets, num_sources)``.
+        dtype: value dtype (default: ``edge_weight``'s, else the default dtype).
+        layout: see :func:`to_sparse`.
+    """
+    src, dst = edge_index[0].long(), edge_index[1].long()
+    if edge_weight is None:
+        edge_weight = torch.ones(src.numel(), dtype=dtype or torch.get_default_dtype(),
+                                 device=src.device)
+    value = edge_weight.to(torch.float64) if edge_weight.is_floating_point() else \
+        edge_weight.double()
+    key = dst * size[1] + src
+    distinct, inverse = torch.unique(key, return_inverse=True)
+    if distinct.numel() != key.numel():  # sum repeats
+        value = torch.zeros(distinct.numel(), dtype=value.dtype,
+                            device=value.device).index_add_(0, inverse, value)
+    else:
+        order = torch.argsort(key)
+        value = value[order]
+    row, col = distinct // size[1], distinct % size[1]
+    return to_sparse(row, col, value.to(dtype or edge_weight.dtype), size, layout)
 
 
 def _inv_sqrt(deg: Tensor) -> Tensor:
@@ -151,36 +207,53 @@ def _inv_sqrt(deg: Tensor) -> Tensor:
                        torch.zeros_like(deg))
 
 
-def default_cache_dir() -> Path:
-    """Where :func:`item_item_graph` caches: ``$MAMBAREC_CACHE/graphs``, else
-    ``$XDG_CACHE_HOME/mambarec_pyg/graphs``, else ``~/.cache/mambarec_pyg/graphs``."""
-    if os.environ.get('MAMBAREC_CACHE'):
-        return Path(os.environ['MAMBAREC_CACHE']) / 'graphs'
-    base = os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache'
-    return Path(base) / 'mambarec_pyg' / 'graphs'
+def _check_features(features: Tensor, k: int, where: str) -> Tensor:
+    if not isinstance(features, Tensor) or features.dim() != 2:
+        shape = tuple(features.shape) if isinstance(features, Tensor) else None
+        raise DataError(f'{where}: expected features as a tensor [N, D], got '
+                        f'{shape or type(features)}')
+    if not features.is_floating_point():
+        features = features.double()
+    num_items = features.size(0)
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= num_items:
+        raise DataError(f'{where}: expected 1 <= k <= N = {num_items}, got k={k!r}')
+    finite = torch.isfinite(features).all(dim=1)
+    if not bool(finite.all()):
+        bad = int((~finite).nonzero()[0, 0])
+        raise DataError(f'{where}: feature row {bad} has a non-finite value '
+                        f'(NaN or inf); expected finite features')
+    return features
 
 
-def _knn_key(features: Tensor, k: int) -> str:
-    """sha256 over the features' bytes, shape, dtype, k and the builder version."""
-    h = hashlib.sha256()
-    h.update(f'knn-v{_KNN_VERSION}|{tuple(features.shape)}|{features.dtype}|k={k}|'
-             .encode())
-    x = features.detach().to('cpu').contiguous()
-    # A byte view (no copy) of any dtype.
-    h.update(memoryview(x.view(torch.uint8).reshape(-1).numpy()))
-    return h.hexdigest()
+def knn_edges(features: Tensor, k: int = 10, weighting: str = 'similarity', *,
+              chunk_size: Optional[int] = None) -> Tuple[Tensor, Tensor]:
+    r"""The normalised kNN item-item graph as an edge list (see
+    :func:`item_item_graph` for the definition).
+
+    Returns:
+        ``(edge_index [2, N k], edge_weight [N k])`` in PyG's convention:
+        ``edge_index[0]`` the neighbour :math:`j` (source), ``edge_index[1]`` the
+        item :math:`i` (target) that aggregates it with weight
+        :math:`\mathbf{S}_{ij}`; sorted by target, then source; weights float64.
+    """
+    features = _check_features(features, k, 'knn_edges')
+    if weighting not in WEIGHTINGS:
+        raise DataError(f"knn_edges: weighting: expected one of "
+                        f"{', '.join(map(repr, WEIGHTINGS))}, got {weighting!r}")
+    row, col, value = _knn_sym_normalized(features, k, chunk_size, weighting)
+    return torch.stack([col, row]), value
 
 
-def item_item_graph(features: Tensor, k: int = 10, *,
-                    cache_dir: Union[str, os.PathLike, None, bool] = None,
+def item_item_graph(features: Tensor, k: int = 10, *, weighting: str = 'similarity',
                     dtype: Optional[torch.dtype] = None, layout: str = 'auto',
                     chunk_size: Optional[int] = None) -> Union[Tensor, SparseTensor]:
     r"""The normalised k-nearest-neighbour item-item graph of one modality.
 
     With :math:`s_{ij} = \frac{x_i^\top x_j}{\|x_i\| \|x_j\|}` the cosine similarity
     of the **raw** feature rows, every row :math:`i` keeps its :math:`k` largest
-    entries (item :math:`i` itself included) with the similarities as weights,
-    :math:`\mathbf{W}_{ij} = s_{ij}` for :math:`j \in \mathrm{top}_k(i)`, and
+    entries (item :math:`i` itself included) with weights
+    :math:`\mathbf{W}_{ij} = s_{ij}` (``weighting='similarity'``: MambaRec, MGCN) or
+    :math:`1` (``'binary'``: FREEDOM) for :math:`j \in \mathrm{top}_k(i)`, and
 
     .. math::
         \mathbf{S} = \mathbf{D}^{-1/2} \mathbf{W} \mathbf{D}^{-1/2}, \qquad
@@ -188,7 +261,8 @@ def item_item_graph(features: Tensor, k: int = 10, *,
         d_i = \sum_j \mathbf{W}_{ij},
 
     (the row sum of the kept weights serves both ends of an edge, as in the released
-    implementation). :math:`\mathbf{S}` is in general not symmetric.
+    implementations; with binary weights every entry is :math:`1/k`).
+    :math:`\mathbf{S}` is in general not symmetric.
 
     Details:
 
@@ -200,61 +274,26 @@ def item_item_graph(features: Tensor, k: int = 10, *,
     * An all-zero feature row has similarity 0 to every item (itself included) instead
       of the released NaN; a row whose kept weights sum to :math:`\le 0` gets an
       all-zero row (and contributes nothing as a neighbour), never inf or NaN.
-    * The result is cached under ``cache_dir`` as ``knn-<sha256>.pt``, the hash taken
-      over the features' bytes, shape and dtype and ``k``, so changed features never
-      reuse a stale graph; files are written atomically.
+    * Nothing is cached here: :class:`~mambarec_pyg.data.transforms.ItemKNN` puts the
+      graph on the data and caches it in the dataset's processed directory.
 
     Args:
         features: ``[N, D]`` raw item features (finite values).
         k: neighbours kept per item, itself included, ``1 <= k <= N``.
-        cache_dir: where to cache; ``None`` = :func:`default_cache_dir`, ``False`` =
-            no caching.
+        weighting: ``'similarity'`` or ``'binary'`` (:data:`WEIGHTINGS`).
         dtype: value dtype of the result (default: the features' floating dtype).
         layout: see :func:`to_sparse`. (default: ``'auto'``)
         chunk_size: rows per similarity block (default: about 8M entries a block).
     """
-    if not isinstance(features, Tensor) or features.dim() != 2:
-        shape = tuple(features.shape) if isinstance(features, Tensor) else None
-        raise DataError(f'item_item_graph: expected features as a tensor [N, D], got '
-                        f'{shape or type(features)}')
-    if not features.is_floating_point():
-        features = features.double()
+    features = _check_features(features, k, 'item_item_graph')
+    edge_index, value = knn_edges(features, k, weighting, chunk_size=chunk_size)
     num_items = features.size(0)
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= num_items:
-        raise DataError(f'item_item_graph: expected 1 <= k <= N = {num_items}, got '
-                        f'k={k!r}')
-    finite = torch.isfinite(features).all(dim=1)
-    if not bool(finite.all()):
-        bad = int((~finite).nonzero()[0, 0])
-        raise DataError(f'item_item_graph: feature row {bad} has a non-finite value '
-                        f'(NaN or inf); expected finite features')
-    out_dtype = dtype or features.dtype
-
-    path = None
-    if cache_dir is not False:
-        cache_dir = default_cache_dir() if cache_dir in (None, True) else Path(cache_dir)
-        path = Path(cache_dir) / f'knn-{_knn_key(features, k)}.pt'
-        if path.is_file():
-            try:
-                saved = torch.load(path, map_location='cpu', weights_only=True)
-                row, col, value = saved['row'], saved['col'], saved['value']
-                if row.numel() == num_items * k and saved.get('k') == k:
-                    return to_sparse(row.to(features.device), col.to(features.device),
-                                     value.to(features.device, out_dtype),
-                                     (num_items, num_items), layout)
-            except Exception:  # unreadable / foreign file: rebuild and overwrite
-                pass
-
-    row, col, value = _knn_sym_normalized(features, k, chunk_size)
-    if path is not None:
-        with atomic_path(path) as tmp:
-            torch.save({'row': row.cpu(), 'col': col.cpu(), 'value': value.cpu(),
-                        'k': k, 'shape': tuple(features.shape),
-                        'version': _KNN_VERSION}, tmp)
-    return to_sparse(row, col, value.to(out_dtype), (num_items, num_items), layout)
+    return to_sparse(edge_index[1], edge_index[0], value.to(dtype or features.dtype),
+                     (num_items, num_items), layout)
 
 
-def _knn_sym_normalized(features: Tensor, k: int, chunk_size: Optional[int]):
+def _knn_sym_normalized(features: Tensor, k: int, chunk_size: Optional[int],
+                        weighting: str = 'similarity'):
     """COO triplets (sorted by row, then column) of the normalised kNN graph; values
     in float64."""
     x = features.detach()
@@ -273,6 +312,8 @@ def _knn_sym_normalized(features: Tensor, k: int, chunk_size: Optional[int]):
         vals.append(val)
     col = torch.cat(cols)
     weight = torch.cat(vals).double()
+    if weighting == 'binary':
+        weight = torch.ones_like(weight)
     row = torch.arange(n, device=x.device).repeat_interleave(k)
     deg = weight.view(n, k).sum(dim=1)
     inv = _inv_sqrt(deg)

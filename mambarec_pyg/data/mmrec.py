@@ -41,12 +41,11 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from ..io import atomic_directory, atomic_path
-from .errors import DataError, DataWarning, did_you_mean
+from ..utils import did_you_mean
+from .errors import DataError, DataWarning
+from .index import UI
 
 PathLike = Union[str, os.PathLike]
-
-#: The edge type of user-item interactions.
-UI: Tuple[str, str, str] = ('user', 'interacts', 'item')
 
 #: Columns of an MMRec ``.inter`` file, in the order :func:`write_mmrec` writes them.
 INTER_COLUMNS: Tuple[str, ...] = ('userID', 'itemID', 'rating', 'timestamp', 'x_label')
@@ -87,8 +86,10 @@ def load_mmrec(root: PathLike, name: str,
         ``data.modalities`` the modality names in order, ``data.name``,
         ``data[UI].edge_index`` the training interactions ``[2, E_train]`` (row 0 users,
         row 1 items, file order), ``data[UI].valid_edge_label_index`` and
-        ``data[UI].test_edge_label_index`` the supervision edges, and
-        ``data.num_dropped_eval_users = {'valid': a, 'test': b}``.
+        ``data[UI].test_edge_label_index`` the supervision edges,
+        ``data.num_dropped_eval_users = {'valid': a, 'test': b}`` and
+        ``data.processed_dir`` (``root/name/processed``, where the graph transforms
+        cache what they compute).
 
     Raises:
         DataError: a missing file or column, a malformed value (with its line), or
@@ -125,6 +126,9 @@ def load_mmrec(root: PathLike, name: str,
 
     data = HeteroData()
     data.name = name
+    # Derived graphs are cached here, like a PyG dataset's processed files
+    # (mambarec_pyg.data.transforms.apply_transforms).
+    data.processed_dir = str(directory / 'processed')
     data['user'].num_nodes = num_users
     data['item'].num_nodes = num_items
     for modality, path in feature_files.items():
@@ -261,17 +265,18 @@ def feature_files(directory: PathLike) -> Dict[str, Path]:
 def _select_modalities(directory: Path,
                        modalities: Optional[Sequence[str]]) -> Dict[str, Path]:
     found = feature_files(directory)
+    if modalities is not None and len(modalities) == 0:
+        return {}  # interactions only (BPR, LightGCN, most-popular)
     if not found:
         raise DataError(f"{directory}: no item feature files found; expected one "
                         f"'<modality>{FEATURE_SUFFIX}' per modality (e.g. "
-                        f"image{FEATURE_SUFFIX}, text{FEATURE_SUFFIX})")
+                        f"image{FEATURE_SUFFIX}, text{FEATURE_SUFFIX}); for a model "
+                        f"that uses no item features, load with modalities=[] "
+                        f"(--data.modalities '')")
     if modalities is None:
         selected = list(found)
     else:
         selected = [modalities] if isinstance(modalities, str) else list(modalities)
-        if not selected:
-            raise DataError(f'{directory}: modalities=[] selects nothing; found: '
-                            f"{', '.join(found)}")
         for m in selected:
             if m not in found:
                 raise DataError(f"{directory}: modality '{m}' not found (no "

@@ -9,16 +9,25 @@ were produced with:
   in the training split, redrawn while :math:`j` is one of :math:`u`'s training items,
   so :math:`j \sim \mathcal{U}(\mathcal{I}_{train} \setminus \mathcal{I}_u)`.
 
-Why not :func:`torch_geometric.utils.structured_negative_sampling`: it draws from
-*all* node ids of a homogeneous graph (``randint(num_nodes)``), so on a bipartite
-user-item graph it would need user and item ids in one space and would return users
-and items that never occur in training; it also draws from the global RNG (no
-:class:`torch.Generator`, so an epoch cannot be replayed from a saved state) and tests
-membership with :func:`numpy.isin` on the CPU. Here the same idea -- encode a pair as
-``u * N + j`` and test it against the encoded training pairs -- is written with a
-:class:`torch.Generator`, the item pool restricted to training items, and
-:func:`torch.searchsorted` on the sorted training keys (``O(E log E)`` once, then
-``O(log E)`` per query, on any device).
+Why the library samples itself instead of calling
+:func:`torch_geometric.utils.structured_negative_sampling` (which accepts bipartite ids
+when ``num_nodes`` is the number of items, and draws the same way -- encode a pair as
+``u * N + j``, reject training pairs, redraw):
+
+* **the pool:** MMRec draws negatives only from the items that occur in the training
+  split; ``structured_negative_sampling`` draws from every id in ``[0, num_nodes)``.
+  The two coincide when every item has a training interaction (a test checks that
+  they then draw from the same distribution), but the MMRec files can hold items
+  that occur only in validation or test;
+* **a generator of its own:** the draws come from a seeded :class:`torch.Generator`
+  that belongs to the sampler, so the training pairs of an epoch do not depend on
+  how many random numbers the model consumed (dropout, noise) and a resumed run
+  replays them from the saved generator state;
+* **no per-call set-up:** the sorted training keys and the pool are built once per
+  dataset (:class:`~mambarec_pyg.data.index.TrainingIndex`) and membership is one
+  :func:`torch.searchsorted` (``O(log E)`` per query), where
+  ``structured_negative_sampling`` rebuilds its index with :func:`numpy.isin` on the
+  CPU at every call.
 
 Rejection is vectorised: all pairs draw at once; only the collisions are redrawn, again
 all at once. After ``max_rounds`` rounds the few pairs still colliding (users who own
@@ -29,10 +38,13 @@ as an error before anything is drawn.
 """
 from __future__ import annotations
 
-from typing import Iterator, NamedTuple, Optional
+from typing import Iterator, Optional, Union
 
 import torch
 from torch import Tensor
+
+from .errors import DataError
+from .index import TrainingIndex
 
 __all__ = ['sample_negatives', 'TrainingPairs', 'BPRBatch', 'NegativeSamplingError']
 
@@ -41,12 +53,44 @@ class NegativeSamplingError(ValueError):
     """No negative item can be drawn for some user."""
 
 
-class BPRBatch(NamedTuple):
-    """One batch of BPR triples (user, positive item, negative item)."""
+class BPRBatch(tuple):
+    """One batch of BPR triples ``(users, pos, neg)`` (a tuple of three ``LongTensor``
+    of the same length): what :meth:`Recommender.loss
+    <mambarec_pyg.models.Recommender.loss>` receives.
 
-    users: Tensor
-    pos: Tensor
-    neg: Tensor
+    :attr:`size` is the configured batch size :math:`B`, also for a shorter last
+    batch (MMRec's per-batch regularisers divide by it); ``None``: the batch's own
+    length (:attr:`nominal_size`).
+    """
+
+    def __new__(cls, users: Tensor, pos: Tensor, neg: Tensor,
+                size: Optional[int] = None) -> 'BPRBatch':
+        self = super().__new__(cls, (users, pos, neg))
+        self.size = size
+        return self
+
+    def __getnewargs__(self):
+        return (*self, self.size)
+
+    @property
+    def users(self) -> Tensor:
+        return self[0]
+
+    @property
+    def pos(self) -> Tensor:
+        return self[1]
+
+    @property
+    def neg(self) -> Tensor:
+        return self[2]
+
+    @property
+    def nominal_size(self) -> int:
+        """:attr:`size`, or the number of triples when it is ``None``."""
+        return int(self.size) if self.size is not None else int(self[0].numel())
+
+    def __repr__(self) -> str:
+        return f'BPRBatch(triples={self[0].numel()}, size={self.size})'
 
 
 class TrainingPairs:
@@ -72,31 +116,37 @@ class TrainingPairs:
             ...
     """
 
-    def __init__(self, edge_index: Tensor, num_items: int, max_rounds: int = 16) -> None:
-        if edge_index.dim() != 2 or edge_index.size(0) != 2:
-            raise ValueError(f'edge_index: expected a [2, E] tensor of (user, item) '
-                             f'pairs, got shape {tuple(edge_index.shape)}')
-        if edge_index.size(1) == 0:
+    def __init__(self, edge_index: Union[Tensor, TrainingIndex],
+                 num_items: Optional[int] = None, max_rounds: int = 16) -> None:
+        if isinstance(edge_index, TrainingIndex):
+            index = edge_index
+        else:
+            if not isinstance(edge_index, Tensor) or edge_index.dim() != 2 or \
+                    edge_index.size(0) != 2:
+                raise ValueError(f'edge_index: expected a [2, E] tensor of (user, item) '
+                                 f'pairs, got shape {tuple(edge_index.shape)}')
+            if num_items is None:
+                raise ValueError('num_items: required with an edge_index')
+            ei = edge_index.detach().to('cpu', torch.long)
+            if ei.numel() and int(ei[0].min()) < 0:
+                raise ValueError('edge_index: user ids must be >= 0')
+            num_users = int(ei[0].max()) + 1 if ei.numel() else 0
+            try:
+                index = TrainingIndex(ei, num_users, int(num_items))
+            except DataError as e:
+                raise ValueError(str(e)) from None
+        if index.num_pairs == 0:
             raise NegativeSamplingError('edge_index: there are no training '
                                         'interactions to sample from')
-        edge_index = edge_index.detach().to('cpu', torch.long)
-        num_items = int(num_items)
-        if int(edge_index[1].min()) < 0 or int(edge_index[1].max()) >= num_items:
-            raise ValueError(f'edge_index: item ids must lie in [0, {num_items}), got '
-                             f'[{int(edge_index[1].min())}, {int(edge_index[1].max())}]')
-        if int(edge_index[0].min()) < 0:
-            raise ValueError('edge_index: user ids must be >= 0')
-        self.edge_index = edge_index
-        self.num_items = num_items
+        self.index = index
+        self.edge_index = index.edge_index
+        self.num_items = index.num_items
         self.max_rounds = int(max_rounds)
         #: the items that occur in training, sorted: the negative pool.
-        self.candidates = torch.unique(edge_index[1])
-        keys = torch.unique(edge_index[0] * num_items + edge_index[1])  # sorted
+        self.candidates = index.pool
         #: sorted, distinct training keys ``u * N + i``.
-        self.keys = keys
-        users = keys // num_items
-        num_users = int(edge_index[0].max()) + 1
-        owned = torch.bincount(users, minlength=num_users)
+        self.keys = index.keys
+        owned = index.user_degree
         full = (owned >= self.candidates.numel()).nonzero().view(-1)
         if full.numel() > 0:
             u = int(full[0])
@@ -107,10 +157,10 @@ class TrainingPairs:
                 f'remove the user or add items')
         # For exact complement sampling: the owned items' positions in the pool,
         # minus their rank within the user, per user segment (non-decreasing).
-        pos = torch.searchsorted(self.candidates, keys % num_items)
-        ptr = torch.zeros(num_users + 1, dtype=torch.long)
-        ptr[1:] = torch.cumsum(owned, 0)
-        rank = torch.arange(keys.numel()) - ptr[users]
+        users, items = index.distinct_pairs()
+        pos = torch.searchsorted(self.candidates, items)
+        ptr = index.user_items.rowptr
+        rank = torch.arange(self.keys.numel()) - ptr[users]
         self._num_owned = owned
         self._ptr = ptr
         # keys (u, pos - rank) sorted because pos - rank is non-decreasing per user
@@ -125,9 +175,7 @@ class TrainingPairs:
 
     def is_training_pair(self, users: Tensor, items: Tensor) -> Tensor:
         """Boolean mask: is ``(users[k], items[k])`` a training interaction?"""
-        query = users * self.num_items + items
-        idx = torch.searchsorted(self.keys, query).clamp_(max=self.keys.numel() - 1)
-        return self.keys[idx] == query
+        return self.index.contains(users, items)
 
     def sample_negatives(self, users: Tensor,
                          generator: Optional[torch.Generator] = None) -> Tensor:
@@ -180,7 +228,7 @@ class TrainingPairs:
             users, pos, neg = (t.to(device) for t in (users, pos, neg))
         for start in range(0, users.numel(), batch_size):
             sl = slice(start, start + batch_size)
-            yield BPRBatch(users[sl], pos[sl], neg[sl])
+            yield BPRBatch(users[sl], pos[sl], neg[sl], batch_size)
 
     def sample_epoch(self, generator: Optional[torch.Generator] = None) -> BPRBatch:
         """All training pairs of one epoch, shuffled, each with one negative."""

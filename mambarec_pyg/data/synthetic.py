@@ -113,7 +113,7 @@ def _preset(preset: Union[str, SyntheticPreset]) -> SyntheticPreset:
     elif preset in PRESETS:
         p = PRESETS[preset]
     else:
-        from .errors import did_you_mean
+        from ..utils import did_you_mean
         raise DataError(f'synthetic preset {preset!r} unknown'
                         f'{did_you_mean(str(preset), PRESETS)}; available: '
                         f"{', '.join(PRESETS)}")

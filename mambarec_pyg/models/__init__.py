@@ -1,6 +1,20 @@
-"""Recommendation models: :class:`MambaRec` (reference and paper variants)."""
+"""Recommendation models on one interface (:class:`Recommender`), chosen by name.
+
+Built-in models register on import; ``mambarec models`` lists them::
+
+    from mambarec_pyg.models import get_model_class, list_models
+    Model = get_model_class('lightgcn')
+    model = Model(data, Model.config_class(n_layers=3))
+"""
 from __future__ import annotations
 
-from .mambarec import LossParts, MambaRec, MambaRecOutput
+from .base import Recommender, check_data
+from .registry import get_config_class, get_model_class, list_models, register
 
-__all__ = ['MambaRec', 'LossParts', 'MambaRecOutput']
+# Built-in models (importing a module registers its model).
+from .popularity import Popularity, PopularityConfig  # noqa: E402
+from .mambarec import MambaRec, MambaRecConfig, MambaRecOutput  # noqa: E402
+
+__all__ = ['Recommender', 'register', 'get_model_class', 'get_config_class',
+           'list_models', 'check_data', 'MambaRec', 'MambaRecConfig',
+           'MambaRecOutput', 'Popularity', 'PopularityConfig']

@@ -56,11 +56,18 @@ tested against it):
   second pass: reference variant, local and global alignment on, two or more
   modalities (also with ``mmd_weight = 0``); :meth:`MambaRec.forward` updates once.
 * :meth:`MambaRec.loss` computes a loss term whose weight is 0 (e.g. InfoNCE during a
-  warm-up) without gradient, for logging only.
-* :attr:`MambaRecConfig.propagation` ``'fused'`` runs the LightGCN layer mean and the
-  kNN / item-to-user steps through :mod:`mambarec_pyg.nn.conv`'s fused autograd
-  functions; ``'pyg'`` through PyG's :class:`~torch_geometric.nn.conv.LGConv` and
-  :class:`~mambarec_pyg.nn.conv.WeightedPropagation` layers.
+  warm-up, :attr:`MambaRecConfig.cl_warmup_epochs`) without gradient, for logging
+  only.
+* Propagation runs through :mod:`mambarec_pyg.nn.conv`'s PyG
+  :class:`~torch_geometric.nn.conv.MessagePassing` layers
+  (:class:`~mambarec_pyg.nn.conv.LightGCNPropagation` over
+  :class:`~torch_geometric.nn.conv.LGConv` layers,
+  :class:`~mambarec_pyg.nn.conv.WeightedPropagation`) on the graphs the data carries
+  (:class:`~mambarec_pyg.data.transforms.UserItemNorm`,
+  :class:`~mambarec_pyg.data.transforms.ItemKNN` with similarity weights).
+  :attr:`MambaRecConfig.propagation` ``'fused'`` lets their sparse kernels reuse the
+  precomputed transposes in the backward pass; ``'pyg'`` leaves the differentiation
+  of each sparse product to autograd.
 * :attr:`MambaRecConfig.fusion_rows` ``'batch'`` runs the row-wise fusion step
   (step 8) in :meth:`MambaRec.loss` only on the rows the loss reads; ``'all'`` on
   every node and then indexes.
@@ -68,8 +75,12 @@ tested against it):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
-from typing import Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence
+import math
+from dataclasses import dataclass
+from typing import (Any, ClassVar, Dict, Iterator, List, Mapping, NamedTuple, Optional,
+                    Sequence, Tuple, Union)
 
 import numpy as np
 import torch
@@ -77,31 +88,145 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Embedding, LayerNorm, Linear
 
-from ..config import ConfigError, MambaRecConfig
-from ..data.graphs import item_item_graph, normalized_adjacency
-from ..data.mmrec import UI
-from ..nn.conv import (LightGCNPropagation, WeightedPropagation, sparse_propagate,
-                       transpose_sparse)
+from ..config import ConfigError, ModelConfig, check_choice, check_positive_int
+from ..data.graphs import normalized_adjacency, sparse_from_edges
+from ..data.index import UI
+from ..data.sampling import BPRBatch
+from ..data.transforms import ItemKNN, UserItemNorm
+from ..nn.conv import LightGCNPropagation, WeightedPropagation, transpose_sparse
 from ..nn.dream import DREAM
+from ..nn.fusion import ModalityFusion
 from ..nn.losses import bpr_loss, info_nce, mmd_loss
 from ..nn.projection import Projection, reduced_width
-from ..ranking import ItemLists, rank_items
+from .base import Recommender
+from .registry import register
 
-__all__ = ['MambaRec', 'LossParts', 'MambaRecOutput']
+__all__ = ['MambaRec', 'MambaRecConfig', 'MambaRecOutput', 'LossParts']
+
+#: the loss parts of MambaRec, in the order they are logged.
+LossParts = ('total', 'bpr', 'reg', 'cl', 'mmd')
 
 
-class LossParts(NamedTuple):
-    """The loss of one batch and its parts (0-dim tensors)."""
+@dataclass
+class MambaRecConfig(ModelConfig):
+    """MambaRec. Defaults reproduce the released implementation (docs/reference.md)."""
 
-    #: weighted sum; backpropagate this.
-    total: Tensor
-    bpr: Tensor
-    #: the weighted regularisation term (already multiplied by ``reg_weight``).
-    reg: Tensor
-    #: unweighted InfoNCE (reference: item term + user term).
-    cl: Tensor
-    #: unweighted MMD (mean over modality pairs).
-    mmd: Tensor
+    #: ``'reference'`` computes what the published numbers were produced with;
+    #: ``'paper'`` what the paper's text describes (docs/reference.md §6).
+    variant: str = 'reference'
+    #: width d of the user and item embeddings.
+    embedding_size: int = 64
+    #: LightGCN layers on the user-item graph (the content view).
+    ui_layers: int = 4
+    #: propagation layers on each item-item kNN graph (the modality views).
+    ii_layers: int = 1
+    #: neighbours kept per item in the item-item graphs (the item itself included).
+    knn_k: int = 10
+    #: the dimensionality-reduction factor r.
+    reduction_factor: int = 8
+    #: modalities whose projection is reduced; ``None`` = the variant's choice
+    #: (reference: ``image`` only, two stages; paper: every modality).
+    reduced_modalities: Optional[Tuple[str, ...]] = None
+    #: DREAM on (local alignment); ``False`` is the paper's "w/o LA" ablation.
+    local_alignment: bool = True
+    #: MMD + InfoNCE on (global alignment); ``False`` is the paper's "w/o GA" ablation.
+    global_alignment: bool = True
+    #: raw feature tables are trainable parameters (released behaviour).
+    trainable_features: bool = True
+    #: dropout after the shared LayerNorm.
+    dropout: float = 0.2
+    #: weight of the L2 penalty on the batch's final embeddings.
+    reg_weight: float = 1e-4
+    #: weight of the InfoNCE term.
+    cl_weight: float = 0.01
+    #: InfoNCE temperature.
+    cl_temperature: float = 0.2
+    #: epochs at the start with the InfoNCE weight held at 0 (docs/reference.md
+    #: §10). 0 is the released behaviour. Measured (seed 999, B = 2048, defaults
+    #: otherwise): on the Baby-scale synthetic preset, 5 epochs with 0 kept BPR at
+    #: 0.6925 -> 0.6918 and valid Recall@20 fell from 0.116 (epoch 0) to 0.058-0.068,
+    #: while 5 warm-up epochs took BPR 0.683 -> 0.299 and valid Recall@20 0.151 ->
+    #: 0.207; with 3 warm-up epochs InfoNCE, once on, did not pin BPR again (7
+    #: epochs: BPR 0.683 -> 0.214, valid Recall@20 0.152 -> 0.244, still rising).
+    #: On ``tiny`` the effect is small (B = 2048, 40 epochs: best valid
+    #: Recall@20 0.725 without vs 0.745 with 10 warm-up epochs; B = 128, 20 epochs:
+    #: 0.750 vs 0.755 with 5).
+    cl_warmup_epochs: int = 0
+    #: weight of the MMD term.
+    mmd_weight: float = 0.15
+    #: Gaussian-kernel bandwidth sigma; several values give a sum of kernels.
+    mmd_bandwidth: Union[float, Tuple[float, ...]] = 1.5
+    #: sparse propagation: ``'fused'`` (the layers' sparse kernels reuse precomputed
+    #: transposes in the backward pass; same values, faster) or ``'pyg'`` (autograd
+    #: differentiates each of PyG's sparse products).
+    propagation: str = 'fused'
+    #: rows the fusion step runs on inside ``loss()``: ``'batch'`` (only the rows the
+    #: loss reads; same values, faster) or ``'all'`` (every node, then indexed).
+    fusion_rows: str = 'batch'
+    #: compute a two-stage projection ``D -> D/r -> d`` as one composed affine map
+    #: (same function, ``r``-times fewer multiply-adds on the feature table).
+    compose_projection: bool = True
+
+    #: the paper's grid (§5.1.4), searched by ``mambarec search``.
+    GRID: ClassVar[Dict[str, list]] = {
+        'model.mmd_weight': [0.1, 0.15, 0.2],
+        'model.mmd_bandwidth': [1.0, 1.5, 2.0],
+    }
+
+    def __post_init__(self) -> None:
+        check_choice('model.variant', self.variant, ('reference', 'paper'))
+        check_choice('model.propagation', self.propagation, ('fused', 'pyg'))
+        check_choice('model.fusion_rows', self.fusion_rows, ('batch', 'all'))
+        for name in ('embedding_size', 'knn_k', 'reduction_factor'):
+            check_positive_int(f'model.{name}', getattr(self, name))
+        for name in ('ui_layers', 'ii_layers', 'cl_warmup_epochs'):
+            if getattr(self, name) < 0:
+                raise ConfigError(f'model.{name}: expected an integer >= 0, got '
+                                  f'{getattr(self, name)!r}')
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f'model.dropout: expected a probability in [0, 1), got '
+                              f'{self.dropout!r}')
+        for name in ('reg_weight', 'cl_weight', 'mmd_weight'):
+            if getattr(self, name) < 0:
+                raise ConfigError(f'model.{name}: expected a weight >= 0, got '
+                                  f'{getattr(self, name)!r}')
+        if self.cl_temperature <= 0:
+            raise ConfigError(f'model.cl_temperature: expected > 0, got '
+                              f'{self.cl_temperature!r}')
+        bws = self.mmd_bandwidth if isinstance(self.mmd_bandwidth, tuple) else (
+            self.mmd_bandwidth, )
+        if len(bws) == 0 or any(b <= 0 for b in bws):
+            raise ConfigError(f'model.mmd_bandwidth: expected one or more values > 0, '
+                              f'got {self.mmd_bandwidth!r}')
+
+
+class _Spec(NamedTuple):
+    """The structure of a multi-view model of this family (MambaRec or MGCN)."""
+
+    variant: str
+    embedding_size: int
+    ui_layers: int
+    ii_layers: int
+    knn_k: int
+    reduction_factor: int
+    reduced_modalities: Optional[Tuple[str, ...]]
+    dream: bool
+    layer_norm: bool
+    dropout: float
+    trainable_features: bool
+    reg_weight: float
+    cl: bool
+    cl_weight: float
+    cl_temperature: float
+    cl_warmup_epochs: int
+    mmd: bool
+    #: whether the loss reports an ``'mmd'`` part (0 while ``mmd`` is off)
+    mmd_term: bool
+    mmd_weight: float
+    mmd_bandwidth: Union[float, Tuple[float, ...]]
+    propagation: str
+    fusion_rows: str
+    compose_projection: bool
 
 
 class MambaRecOutput(NamedTuple):
@@ -115,7 +240,8 @@ class MambaRecOutput(NamedTuple):
     side: Tensor
     #: the LightGCN content view ``[U + N, d]``.
     content: Tensor
-    #: per modality, the DREAM output :math:`g_m` ``[N, d]`` (before LayerNorm).
+    #: per modality, the alignment output :math:`g_m` ``[N, d]`` (DREAM's, before
+    #: LayerNorm; the projection's without local alignment).
     alignment: Dict[str, Tensor]
 
 
@@ -166,68 +292,82 @@ class _Shared:
         return self
 
 
-class MambaRec(torch.nn.Module):
+@register('mambarec')
+class MambaRec(Recommender):
     r"""The MambaRec recommender (see the module docstring for the equations).
 
     Args:
         data (HeteroData): the dataset: ``data['user'].num_nodes``,
             ``data['item'].num_nodes``, ``data.modalities`` and one ``[N, D_m]``
             feature tensor ``data['item'][m]`` per modality (in order; the first plays
-            the released "image / v" role, the second "text / t"), and the training
-            interactions ``data['user', 'interacts', 'item'].edge_index``.
+            the released "image / v" role, the second "text / t"), the training
+            interactions ``data['user', 'interacts', 'item'].edge_index``, and the
+            graphs of :meth:`graph_transforms` (computed when missing).
         config (MambaRecConfig, optional): the model's options.
-        cache_dir (str or Path, optional): where the kNN graphs are cached (default:
-            :func:`~mambarec_pyg.data.graphs.default_cache_dir`; ``False``: no cache).
 
-    The graphs are built once here, in the default dtype; :meth:`set_graphs` replaces
-    them (e.g. with precomputed ones).
+    :meth:`set_graphs` replaces the graphs (e.g. with precomputed ones).
     """
 
-    def __init__(self, data, config: Optional[MambaRecConfig] = None,
-                 cache_dir=None):
-        super().__init__()
-        if config is None:
-            config = MambaRecConfig()
-        if not isinstance(config, MambaRecConfig):
-            raise ConfigError(f'MambaRec: expected config to be a MambaRecConfig, got '
-                              f'{type(config).__name__}')
-        self.config = config
-        num_users, num_items, modalities, features, edge_index = _check_data(data)
-        # Built on the CPU, then moved to the data's device.
-        device = edge_index.device
-        edge_index = edge_index.cpu()
-        features = {m: x.detach().cpu() for m, x in features.items()}
-        self.num_users, self.num_items = num_users, num_items
-        self.modalities = modalities
-        self.reduced_modalities = _resolve_reduced(config, modalities)
-        d = config.embedding_size
+    config_class = MambaRecConfig
+    min_modalities = 1
+    protocol = {'lr_decay': 0.96, 'weight_decay': 0.0}
+    reference = ('Ren, Ju and Lee, "Modality Alignment with Multi-scale Bilateral '
+                 'Attention for Multimodal Recommendation", CIKM 2025')
+
+    @classmethod
+    def _spec(cls, config: MambaRecConfig) -> _Spec:
+        c = config
+        return _Spec(
+            variant=c.variant, embedding_size=c.embedding_size, ui_layers=c.ui_layers,
+            ii_layers=c.ii_layers, knn_k=c.knn_k, reduction_factor=c.reduction_factor,
+            reduced_modalities=c.reduced_modalities, dream=c.local_alignment,
+            layer_norm=True, dropout=c.dropout, trainable_features=c.trainable_features,
+            reg_weight=c.reg_weight, cl=c.global_alignment, cl_weight=c.cl_weight,
+            cl_temperature=c.cl_temperature, cl_warmup_epochs=c.cl_warmup_epochs,
+            mmd=c.global_alignment, mmd_term=True, mmd_weight=c.mmd_weight,
+            mmd_bandwidth=c.mmd_bandwidth, propagation=c.propagation,
+            fusion_rows=c.fusion_rows, compose_projection=c.compose_projection)
+
+    @classmethod
+    def graph_transforms(cls, config) -> List:
+        return [UserItemNorm(), ItemKNN(cls._spec(config).knn_k, 'similarity')]
+
+    def __init__(self, data, config: Optional[MambaRecConfig] = None):
+        super().__init__(data, config)
+        spec = self.spec = self._spec(self.config)
+        data = self.prepare(data, self.config)
+        modalities = self.modalities
+        features = {m: data['item'][m].detach().cpu() for m in modalities}
+        device = data[UI].edge_index.device
+        self.reduced_modalities = _resolve_reduced(spec, modalities)
+        d = spec.embedding_size
         dtype = torch.get_default_dtype()
 
-        self.user_embedding = Embedding(num_users, d)
-        self.item_embedding = Embedding(num_items, d)
+        self.user_embedding = Embedding(self.num_users, d)
+        self.item_embedding = Embedding(self.num_items, d)
         # Keep the data's tensors to re-initialise the tables in reset_parameters().
         self._initial_features = _Shared(features)
         self.features = _Tables(
             {m: features[m].to(dtype).clone() for m in modalities},
-            trainable=config.trainable_features)
+            trainable=spec.trainable_features)
 
         dims = {m: features[m].size(1) for m in modalities}
         self.projections = torch.nn.ModuleDict()
-        self.dreams = torch.nn.ModuleDict() if config.local_alignment else None
+        self.dreams = torch.nn.ModuleDict() if spec.dream else None
         reduced_dims = [dims[m] for m in self.reduced_modalities]
         try:
-            d_prime = (reduced_width(reduced_dims, config.reduction_factor)
+            d_prime = (reduced_width(reduced_dims, spec.reduction_factor)
                        if reduced_dims else None)
-            hidden_widths = {m: reduced_width(dims[m], config.reduction_factor)
+            hidden_widths = {m: reduced_width(dims[m], spec.reduction_factor)
                              for m in self.reduced_modalities}
         except ValueError as e:
             raise ConfigError(f'model.reduction_factor: {e}') from None
         for m in modalities:
             reduced = m in self.reduced_modalities
-            if config.variant == 'reference':
+            if spec.variant == 'reference':
                 hidden = hidden_widths[m] if reduced else None
                 self.projections[m] = Projection(dims[m], d, hidden,
-                                                 fused=config.compose_projection)
+                                                 fused=spec.compose_projection)
                 if self.dreams is not None:
                     self.dreams[m] = DREAM(d, d, attention='released')
             else:
@@ -238,35 +378,32 @@ class MambaRec(torch.nn.Module):
                 else:
                     self.projections[m] = Projection(
                         dims[m], d, width if reduced else None,
-                        fused=config.compose_projection)
-        self.norm = LayerNorm(d)
-        self.dropout = torch.nn.Dropout(config.dropout)
+                        fused=spec.compose_projection)
+        self.norm = LayerNorm(d) if spec.layer_norm else None
+        self.dropout = torch.nn.Dropout(spec.dropout)
         self.item_gates = torch.nn.ModuleDict({m: Linear(d, d) for m in modalities})
-        if len(modalities) > 1:
-            self.query = torch.nn.Sequential(Linear(d, d), torch.nn.Tanh(),
-                                             Linear(d, 1, bias=False))
-            self.preference_gates = torch.nn.ModuleDict(
-                {m: Linear(d, d) for m in modalities})
-        else:
-            self.query = None
-            self.preference_gates = None
-        fused = config.propagation == 'fused'
-        self.content_view = LightGCNPropagation(config.ui_layers, fused=fused)
-        self.item_item_view = WeightedPropagation()
+        self.fusion = ModalityFusion(d, modalities)
+        fused = spec.propagation == 'fused'
+        self.content_view = LightGCNPropagation(spec.ui_layers, fused=fused)
+        self.item_item_view = WeightedPropagation(fused=fused)
+        self.cl_weight_now = spec.cl_weight
 
-        # Graphs (built once) and the training items (for recommend()).
+        # The graphs, from the data (float64 weights, cast to the model's dtype).
         self.graphs = _Graphs()
-        ui = normalized_adjacency(edge_index, num_users, num_items,
+        store = data[UI]
+        ui = normalized_adjacency(store.edge_index.cpu(), self.num_users,
+                                  self.num_items,
+                                  edge_weight=store.edge_weight.cpu().double(),
                                   dtype=torch.float64, layout='csr')
-        item_graphs = {m: item_item_graph(features[m], config.knn_k,
-                                          cache_dir=cache_dir, dtype=torch.float64,
-                                          layout='csr') for m in modalities}
+        knn = ItemKNN(spec.knn_k, 'similarity')
+        item_graphs = {}
+        for m in modalities:
+            g = data[knn.edge_type(m)]
+            item_graphs[m] = sparse_from_edges(g.edge_index.cpu(),
+                                               g.edge_weight.cpu().double(),
+                                               (self.num_items, self.num_items),
+                                               dtype=torch.float64, layout='csr')
         self.set_graphs(ui.adj, ui.r_hat, item_graphs)
-        key = torch.unique(edge_index[0].long() * num_items + edge_index[1].long())
-        rowptr = torch.zeros(num_users + 1, dtype=torch.long)
-        rowptr[1:] = torch.bincount(key // num_items, minlength=num_users).cumsum(0)
-        self.register_buffer('train_rowptr', rowptr, persistent=False)
-        self.register_buffer('train_items', key % num_items, persistent=False)
 
         self.reset_parameters()
         if device.type != 'cpu':
@@ -282,12 +419,14 @@ class MambaRec(torch.nn.Module):
             for m in self.modalities:
                 table = self.features[m]
                 table.copy_(self._initial_features.value[m].to(table.device))
-        layers = [*self.projections.values(), self.norm, *self.item_gates.values()]
+        # (This order fixes the random draws of a seeded initialisation.)
+        layers = [*self.projections.values()]
+        if self.norm is not None:
+            layers.append(self.norm)
+        layers += list(self.item_gates.values())
         if self.dreams is not None:
             layers += list(self.dreams.values())
-        if self.query is not None:
-            layers += [self.query[0], self.query[2], *self.preference_gates.values()]
-        for layer in layers:
+        for layer in [*layers, self.fusion]:
             layer.reset_parameters()
 
     def set_graphs(self, adj=None, r_hat=None,
@@ -297,7 +436,8 @@ class MambaRec(torch.nn.Module):
         Args:
             adj: normalised user-item adjacency ``[U + N, U + N]`` (users first).
             r_hat: its user-item block ``[U, N]``.
-            item_graphs: ``{modality: [N, N]}`` normalised kNN graphs.
+            item_graphs: ``{modality: [N, N]}`` normalised kNN graphs (rows are the
+                items that aggregate).
         """
         U, N = self.num_users, self.num_items
         dtype = self.user_embedding.weight.dtype
@@ -318,12 +458,35 @@ class MambaRec(torch.nn.Module):
             self.graphs.set(name + '_t', transpose_sparse(csr))
 
     # -----------------------------------------------------------------------------
+    def on_epoch_start(self, epoch: int) -> Optional[Dict[str, Any]]:
+        """The InfoNCE warm-up: weight 0 during the first ``cl_warmup_epochs``."""
+        spec = self.spec
+        if not spec.cl:
+            return None
+        warm = epoch < spec.cl_warmup_epochs
+        self.cl_weight_now = 0.0 if warm else spec.cl_weight
+        return {'cl_weight': self.cl_weight_now} if spec.cl_warmup_epochs else None
+
+    def diagnose(self, history: Sequence[Dict[str, Any]]) -> List[str]:
+        """A run whose BPR loss never left ln 2 learned no ranking (with the released
+        weights InfoNCE can hold it there; docs/reference.md §10)."""
+        bpr = [r['loss']['bpr'] for r in history if 'bpr' in (r.get('loss') or {})]
+        if len(bpr) < 3 or any(abs(b - math.log(2)) > 0.005 for b in bpr):
+            return []
+        hint = ('raise --model.cl-warmup-epochs (e.g. 10) to hold the InfoNCE weight '
+                'at 0 while BPR starts to learn' if self.spec.cl and
+                self.spec.cl_weight > 0 else 'check the learning rate and the data')
+        return [f'the BPR loss stayed at ln 2 = 0.693 (chance) for all {len(bpr)} '
+                f'epochs ({min(bpr):.4f}-{max(bpr):.4f}): the model learned no ranking, '
+                f'and its metrics may be below most-popular; {hint}']
+
+    # -----------------------------------------------------------------------------
     @property
     def _double_bn_update(self) -> bool:
         """Whether the released loss would run each DREAM a second time (the MMD
         term of the reference variant)."""
-        c = self.config
-        return (c.variant == 'reference' and c.local_alignment and c.global_alignment
+        s = self.spec
+        return (s.variant == 'reference' and s.dream and s.mmd
                 and len(self.modalities) > 1)
 
     @contextlib.contextmanager
@@ -362,39 +525,30 @@ class MambaRec(torch.nn.Module):
                 f = self.projections[m](self.features[m])
                 g = self.dreams[m](f) if self.dreams is not None else f
                 aligned[m] = g
-                h = self.dropout(self.norm(g))
+                h = self.norm(g) if self.norm is not None else g
+                h = self.dropout(h)
                 gated.append(item * torch.sigmoid(self.item_gates[m](h)))
         return gated, aligned
 
     def _content(self) -> Tensor:
         """Step 6: the LightGCN content view ``[U + N, d]``."""
         x = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
-        return self.content_view(x, self.graphs['adj'], self.graphs['adj_t'])
+        return self.content_view(x, self.graphs['adj'])
 
     def _propagate(self, name: str, x: Tensor) -> Tensor:
-        if self.config.propagation == 'fused':
-            return sparse_propagate(self.graphs[name], x, self.graphs[name + '_t'])
-        return self.item_item_view(x, self.graphs[name])
+        return self.item_item_view(x, self.graphs[name],
+                                   transpose=self.graphs[name + '_t'])
 
     def _modality_view(self, m: str, e: Tensor):
         """Step 7: ``(users [U, d], items [N, d])`` of the modality view."""
-        for _ in range(self.config.ii_layers):
+        for _ in range(self.spec.ii_layers):
             e = self._propagate(f'item_graph_{m}', e)
         return self._propagate('r_hat', e), e
 
     def fuse(self, content: Tensor, views: Sequence[Tensor]) -> Tensor:
         r"""Step 8, row-wise: the side embedding from the content view and the
-        modality views of the same rows."""
-        if len(views) == 1:
-            return views[0]
-        z = torch.stack(list(views))                       # [M, R, d]
-        weight = torch.softmax(self.query(z), dim=0)        # [M, R, 1]
-        common = (weight * z).sum(dim=0)
-        side = common
-        for m, z_m in zip(self.modalities, views):
-            prefer = torch.sigmoid(self.preference_gates[m](content))
-            side = side + prefer * (z_m - common)
-        return side / (len(views) + 1)
+        modality views of the same rows (:class:`~mambarec_pyg.nn.ModalityFusion`)."""
+        return self.fusion(content, views)
 
     def encode(self, bn_updates: int = 1) -> MambaRecOutput:
         """The full forward pass in the current mode, with its intermediate
@@ -410,46 +564,38 @@ class MambaRec(torch.nn.Module):
         user, item = final.split([self.num_users, self.num_items])
         return MambaRecOutput(user, item, side, content, aligned)
 
-    def forward(self, data=None):
-        """Final embeddings ``(user [U, d], item [N, d])`` in the current mode.
-
-        ``data`` is accepted for the common ``model(data)`` interface; the graphs
-        were built from it at construction, so it must have the same numbers of
-        users and items.
-        """
-        if data is not None:
-            _check_same_size(self, data)
+    def embed(self) -> Tuple[Tensor, Tensor]:
+        """Final embeddings ``(user [U, d], item [N, d])`` in the current mode."""
         out = self.encode()
         return out.user, out.item
 
     # -----------------------------------------------------------------------------
-    def loss(self, users: Tensor, pos: Tensor, neg: Tensor,
-             batch_size: Optional[int] = None,
-             cl_weight: Optional[float] = None) -> LossParts:
+    def loss(self, batch: BPRBatch) -> Dict[str, Tensor]:
         r"""The training loss of a batch of ``(user, positive, negative)`` triples,
         from one forward pass in the current mode (train mode for training).
 
-        Args:
-            users, pos, neg: ``LongTensor [B]`` each.
-            batch_size: the denominator of the regularisation term (the configured
-                batch size, also for a short last batch; default ``B``).
-            cl_weight: overrides :attr:`MambaRecConfig.cl_weight` for this call.
+        ``batch.size`` is the denominator of the regularisation term (the configured
+        batch size, also for a short last batch). The InfoNCE weight is the one in
+        force (:meth:`on_epoch_start`). Ids are not checked here (the sampler makes
+        valid batches; checking would synchronise the device every step).
+
+        Returns ``{'total', 'bpr', 'reg', 'cl', 'mmd'}`` (``'mmd'`` only for models
+        with an MMD term): ``reg`` weighted, ``cl`` and ``mmd`` unweighted.
         """
-        users, pos, neg = _check_batch(users, pos, neg, self.num_users,
-                                       self.num_items, self.user_embedding.weight.device)
-        c = self.config
+        s = self.spec
+        users, pos, neg = batch.users, batch.pos, batch.neg
         B = users.numel()
-        batch_size = B if batch_size is None else int(batch_size)
-        cl_weight = c.cl_weight if cl_weight is None else float(cl_weight)
+        batch_size = batch.nominal_size
+        cl_weight = self.cl_weight_now
         U = self.num_users
-        mmd_active = c.global_alignment and len(self.modalities) > 1
+        mmd_active = s.mmd and len(self.modalities) > 1
 
         gated, aligned = self._modality_items(
             2 if self._double_bn_update and self.training else 1)
         content = self._content()
         items = torch.cat([pos, neg])
-        if c.fusion_rows == 'batch':
-            nodes = torch.cat([users, items + U])
+        nodes = torch.cat([users, items + U])
+        if s.fusion_rows == 'batch':
             views = []
             for m, e in zip(self.modalities, gated):
                 user_m, item_m = self._modality_view(m, e)
@@ -461,85 +607,68 @@ class MambaRec(torch.nn.Module):
             for m, e in zip(self.modalities, gated):
                 views.append(torch.cat(self._modality_view(m, e)))
             side = self.fuse(content, views)
-            nodes = torch.cat([users, items + U])
             content_r, side_r = content[nodes], side[nodes]
         final = content_r + side_r
         e_u, e_i, e_j = final.split([B, B, B])
 
         bpr = bpr_loss((e_u * e_i).sum(dim=1), (e_u * e_j).sum(dim=1))
-        reg = c.reg_weight * (e_u.square().sum() + e_i.square().sum() +
+        reg = s.reg_weight * (e_u.square().sum() + e_i.square().sum() +
                               e_j.square().sum()) / 2 / batch_size
         zero = final.new_zeros(())
         total = bpr + reg
 
         cl = zero
-        if c.global_alignment:
+        if s.cl:
             with torch.set_grad_enabled(torch.is_grad_enabled() and cl_weight != 0):
-                if c.variant == 'reference':
+                if s.variant == 'reference':
                     cl = (info_nce(side_r[B:2 * B], content_r[B:2 * B],
-                                   c.cl_temperature) +
-                          info_nce(side_r[:B], content_r[:B], c.cl_temperature))
+                                   s.cl_temperature) +
+                          info_nce(side_r[:B], content_r[:B], s.cl_temperature))
                 elif len(self.modalities) > 1:
                     g = [aligned[m][pos] for m in self.modalities]
-                    cl = _pair_mean(lambda a, b: info_nce(a, b, c.cl_temperature), g)
+                    cl = _pair_mean(lambda a, b: info_nce(a, b, s.cl_temperature), g)
             if cl_weight != 0:
                 total = total + cl_weight * cl
+        parts = {'total': total, 'bpr': bpr, 'reg': reg,
+                 'cl': cl.detach() if cl_weight == 0 else cl}
 
-        mmd = zero
-        if mmd_active:
-            with torch.set_grad_enabled(torch.is_grad_enabled() and c.mmd_weight != 0):
-                g = [F.normalize(aligned[m][pos], dim=1) for m in self.modalities]
-                mmd = _pair_mean(lambda a, b: mmd_loss(a, b, c.mmd_bandwidth), g)
-            if c.mmd_weight != 0:
-                total = total + c.mmd_weight * mmd
-        return LossParts(total, bpr, reg, cl.detach() if cl_weight == 0 else cl,
-                         mmd)
-
-    # -----------------------------------------------------------------------------
-    @torch.no_grad()
-    def recommend(self, users: Tensor, k: int) -> Tensor:
-        """Top-``k`` items per user (``LongTensor [len(users), k]``, best first),
-        scored in eval mode, each user's training items excluded."""
-        users = torch.as_tensor(users, dtype=torch.long,
-                                device=self.user_embedding.weight.device).view(-1)
-        if users.numel() and (int(users.min()) < 0 or
-                              int(users.max()) >= self.num_users):
-            raise ValueError(f'recommend: user ids must be in 0..{self.num_users - 1}')
-        if not 1 <= k <= self.num_items:
-            raise ValueError(f'recommend: expected 1 <= k <= {self.num_items} items, '
-                             f'got k={k}')
-        was_training = self.training
-        self.eval()
-        try:
-            user_emb, item_emb = self()
-        finally:
-            self.train(was_training)
-        exclude = ItemLists.from_csr(self.train_rowptr, self.train_items)
-        return rank_items(user_emb, item_emb, users, k, exclude)[0]
+        if s.mmd_term:
+            mmd = zero
+            if mmd_active:
+                with torch.set_grad_enabled(torch.is_grad_enabled() and
+                                            s.mmd_weight != 0):
+                    g = [F.normalize(aligned[m][pos], dim=1) for m in self.modalities]
+                    mmd = _pair_mean(lambda a, b: mmd_loss(a, b, s.mmd_bandwidth), g)
+                if s.mmd_weight != 0:
+                    total = total + s.mmd_weight * mmd
+                    parts['total'] = total
+            parts['mmd'] = mmd
+        return parts
 
     # -----------------------------------------------------------------------------
     def released_names(self) -> Dict[str, str]:
         """The released implementation's state-dict names mapped to this model's
         (a two-modality reference-variant model with local alignment, the first
         modality in the released "image" role and reduced, the second "text")."""
-        c = self.config
-        if c.variant != 'reference' or len(self.modalities) != 2 or \
-                self.dreams is None or self.reduced_modalities != self.modalities[:1]:
+        s = self.spec
+        if s.variant != 'reference' or len(self.modalities) != 2 or \
+                self.dreams is None or self.reduced_modalities != self.modalities[:1] \
+                or self.norm is None:
             raise ValueError(
-                'released parameters need a reference-variant model with local '
+                'released parameters need a reference-variant MambaRec with local '
                 'alignment and two modalities, the first (released "image") reduced '
-                f'and the second ("text") not; got variant={c.variant!r}, modalities='
+                f'and the second ("text") not; got variant={s.variant!r}, modalities='
                 f'{self.modalities}, reduced={self.reduced_modalities}, '
-                f'local_alignment={c.local_alignment}')
+                f'local_alignment={s.dream}')
         v, t = self.modalities
         names = {
             'user_embedding.weight': 'user_embedding.weight',
             'item_id_embedding.weight': 'item_embedding.weight',
             'image_embedding.weight': f'features.{v}',
             'text_embedding.weight': f'features.{t}',
-            'query_common.0.weight': 'query.0.weight',
-            'query_common.0.bias': 'query.0.bias',
-            'query_common.2.weight': 'query.2.weight',
+            'query_common.0.weight': 'fusion.query.0.weight',
+            'query_common.0.bias': 'fusion.query.0.bias',
+            'query_common.2.weight': 'fusion.query.2.weight',
         }
         for p in ('weight', 'bias'):
             names[f'norm.{p}'] = f'norm.{p}'
@@ -548,8 +677,8 @@ class MambaRec(torch.nn.Module):
             names[f'text_trs.{p}'] = f'projections.{t}.trs.{p}'
             names[f'gate_v.0.{p}'] = f'item_gates.{v}.{p}'
             names[f'gate_t.0.{p}'] = f'item_gates.{t}.{p}'
-            names[f'gate_image_prefer.0.{p}'] = f'preference_gates.{v}.{p}'
-            names[f'gate_text_prefer.0.{p}'] = f'preference_gates.{t}.{p}'
+            names[f'gate_image_prefer.0.{p}'] = f'fusion.preference_gates.{v}.{p}'
+            names[f'gate_text_prefer.0.{p}'] = f'fusion.preference_gates.{t}.{p}'
         # DREAM keeps the released names below its prefix.
         for m, released in ((v, 'image'), (t, 'text')):
             for key in self.dreams[m].state_dict():
@@ -637,75 +766,14 @@ def _as_csr(value, name: str, shape) -> Tensor:
     return value
 
 
-def _check_data(data):
-    try:
-        num_users = int(data['user'].num_nodes)
-        num_items = int(data['item'].num_nodes)
-    except (KeyError, AttributeError, TypeError):
-        raise ValueError("MambaRec: expected data['user'].num_nodes and "
-                         "data['item'].num_nodes") from None
-    modalities = tuple(getattr(data, 'modalities', None) or ())
-    if not modalities:
-        raise ValueError('MambaRec: data.modalities is empty; expected at least one '
-                         'item modality (data[\'item\'][m] = [N, D_m])')
-    features = {}
-    for m in modalities:
-        if not m.isidentifier():
-            raise ValueError(f'MambaRec: modality name {m!r} must be a Python '
-                             f'identifier')
-        x = data['item'].get(m) if hasattr(data['item'], 'get') else None
-        if not isinstance(x, Tensor) or x.dim() != 2 or x.size(0) != num_items:
-            shape = tuple(x.shape) if isinstance(x, Tensor) else None
-            raise ValueError(f"MambaRec: data['item'][{m!r}]: expected a tensor "
-                             f"[{num_items}, D], got {shape or type(x).__name__}")
-        if not x.is_floating_point():
-            raise ValueError(f"MambaRec: data['item'][{m!r}]: expected floats, got "
-                             f"{x.dtype}")
-        features[m] = x
-    try:
-        edge_index = data[UI].edge_index
-    except (KeyError, AttributeError):
-        raise ValueError("MambaRec: expected training interactions "
-                         "data['user', 'interacts', 'item'].edge_index") from None
-    return num_users, num_items, modalities, features, edge_index
-
-
-def _resolve_reduced(config: MambaRecConfig, modalities):
-    if config.reduced_modalities is None:
-        if config.variant == 'paper':
+def _resolve_reduced(spec: _Spec, modalities):
+    if spec.reduced_modalities is None:
+        if spec.variant == 'paper':
             return tuple(modalities)
         return ('image', ) if 'image' in modalities else ()
-    unknown = [m for m in config.reduced_modalities if m not in modalities]
+    unknown = [m for m in spec.reduced_modalities if m not in modalities]
     if unknown:
         raise ConfigError(f'model.reduced_modalities: unknown modality '
                           f'{", ".join(map(repr, unknown))}; valid: '
                           f'{", ".join(map(repr, modalities))}')
-    return tuple(m for m in modalities if m in config.reduced_modalities)
-
-
-def _check_batch(users, pos, neg, num_users, num_items, device):
-    out = []
-    for name, t, n in (('users', users, num_users), ('pos', pos, num_items),
-                       ('neg', neg, num_items)):
-        t = torch.as_tensor(t, device=device)
-        if t.dim() != 1 or t.is_floating_point():
-            raise ValueError(f'loss: expected {name} as a 1-D integer tensor, got '
-                             f'{tuple(t.shape)} {t.dtype}')
-        t = t.long()
-        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= n):
-            raise ValueError(f'loss: {name} ids must be in 0..{n - 1}')
-        out.append(t)
-    if not out[0].numel() or not (out[0].shape == out[1].shape == out[2].shape):
-        raise ValueError(f'loss: expected users, pos and neg of the same non-zero '
-                         f'length, got {[t.numel() for t in out]}')
-    return out
-
-
-def _check_same_size(model: MambaRec, data) -> None:
-    try:
-        u, n = int(data['user'].num_nodes), int(data['item'].num_nodes)
-    except (KeyError, AttributeError, TypeError):
-        return
-    if (u, n) != (model.num_users, model.num_items):
-        raise ValueError(f'MambaRec: built for {model.num_users} users and '
-                         f'{model.num_items} items, got data with {u} and {n}')
+    return tuple(m for m in modalities if m in spec.reduced_modalities)

@@ -1,36 +1,43 @@
-r"""Propagation on the user-item and item-item graphs of MambaRec.
+r"""Propagation layers: PyG :class:`~torch_geometric.nn.conv.MessagePassing` layers
+whose sparse path runs fast kernels.
 
-* :class:`LightGCNPropagation` -- the content view: the mean of the layer outputs of
-  LightGCN (`"LightGCN: Simplifying and Powering Graph Convolution Network for
-  Recommendation" <https://arxiv.org/abs/2002.02126>`_) on the pre-normalised
-  user-item adjacency, by PyG's :class:`~torch_geometric.nn.conv.LGConv` or by a
-  fused autograd function (:func:`lightgcn_mean`).
-* :class:`WeightedPropagation` -- one step :math:`\mathbf{x}'_i = \sum_j a_{ij}
+* :class:`WeightedPropagation` -- one step :math:`\mathbf{x}'_i = \sum_j a_{ji}
   \mathbf{x}_j` with given edge weights (the item-item kNN views and the item-to-user
-  step), a :class:`~torch_geometric.nn.conv.MessagePassing` layer; and its fused
-  counterpart :func:`sparse_propagate`.
+  step of MGCN and MambaRec, FREEDOM's item-item graph, LGMRec's modality graphs).
+* :class:`LightGCNConv` -- PyG's :class:`~torch_geometric.nn.conv.LGConv`, whose
+  sparse path takes a precomputed transpose for the backward pass.
+* :class:`LightGCNPropagation` -- the LightGCN layer mean
+  :math:`\frac{1}{L+1}\sum_{l=0}^{L}\mathbf{A}^l\mathbf{x}` over :math:`L`
+  :class:`LightGCNConv` layers (`"LightGCN: Simplifying and Powering Graph
+  Convolution Network for Recommendation" <https://arxiv.org/abs/2002.02126>`_).
 
-The fused functions compute exactly the same values as the PyG layers; they exist for
-speed. Autograd differentiates :math:`\mathbf{A}\mathbf{x}` through
-:math:`\mathbf{A}^\top \mathbf{g}`, transposing the CSR matrix on every backward call,
-and keeps every layer's output for the backward pass. The fused versions take the
-transpose built once (for the symmetric LightGCN adjacency: the matrix itself) and
-run the backward pass of the whole layer mean as a Horner recursion, keeping nothing
-but the adjacency.
+Every layer accepts an edge list (``edge_index`` + ``edge_weight``: PyG's
+gather-scatter :meth:`message` / aggregation) or a sparse matrix with rows as targets
+(a :pytorch:`PyTorch` sparse CSR tensor or a :class:`torch_sparse.SparseTensor`:
+:meth:`message_and_aggregate`, i.e. :func:`torch_geometric.utils.spmm`). Pass the
+sparse matrix: on the CPU, four LightGCN layers on the CSR adjacency run about five
+times faster than on the edge list (docs/reference.md §8).
+
+Why the fused kernels (``fused=True``, the default; same values, tested against the
+plain paths): autograd differentiates :math:`\mathbf{A}\mathbf{x}` through
+:math:`\mathbf{A}^\top \mathbf{g}` and transposes a CSR matrix on every backward call.
+The fused paths take the transpose built once (``transpose``; for the symmetric
+LightGCN adjacency the matrix itself), and the layer mean runs its backward pass as a
+Horner recursion over the same layers' kernels, keeping no layer output.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from torch_geometric.nn.conv import LGConv, MessagePassing
 from torch_geometric.typing import Adj, OptTensor, SparseTensor
-from torch_geometric.utils import spmm
+from torch_geometric.utils import is_sparse, spmm
 
-__all__ = ['LightGCNPropagation', 'WeightedPropagation', 'lightgcn_mean',
-           'sparse_propagate', 'transpose_sparse']
+__all__ = ['LightGCNConv', 'LightGCNPropagation', 'WeightedPropagation',
+           'lightgcn_mean', 'sparse_propagate', 'transpose_sparse']
 
 
 def transpose_sparse(adj: Adj) -> Adj:
@@ -46,78 +53,34 @@ def transpose_sparse(adj: Adj) -> Adj:
 
 
 class _SparsePropagate(torch.autograd.Function):
-    """``adj @ x`` with the backward pass ``adj_t @ grad`` (``adj_t`` given)."""
+    """``adj @ x`` with the backward pass ``transpose @ grad`` (``transpose`` given)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, adj: Adj, adj_t: Adj) -> Tensor:
-        ctx.adj_t = adj_t
+    def forward(ctx, x: Tensor, adj: Adj, transpose: Adj) -> Tensor:
+        ctx.transpose = transpose
         return spmm(adj, x)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
-        grad_x = spmm(ctx.adj_t, grad.contiguous()) if ctx.needs_input_grad[0] else None
+        grad_x = spmm(ctx.transpose, grad.contiguous()) if ctx.needs_input_grad[0] \
+            else None
         return grad_x, None, None
 
 
-def sparse_propagate(adj: Adj, x: Tensor, adj_t: Optional[Adj] = None) -> Tensor:
-    r"""Fused :math:`\mathbf{A}\mathbf{x}` (the same function as
-    :class:`WeightedPropagation` on ``adj``), differentiable in ``x``.
+def sparse_propagate(adj: Adj, x: Tensor, transpose: Optional[Adj] = None) -> Tensor:
+    r"""Fused :math:`\mathbf{A}\mathbf{x}`, differentiable in ``x``.
 
     Args:
         adj: sparse ``[M, N]`` matrix (rows are targets).
         x: dense ``[N, F]``.
-        adj_t: ``adj`` transposed, ``[N, M]``, used by the backward pass; pass it when
-            calling repeatedly (see :func:`transpose_sparse`). ``None`` builds it now.
+        transpose: ``adj`` transposed, ``[N, M]``, used by the backward pass; pass it
+            when calling repeatedly (see :func:`transpose_sparse`). ``None`` builds
+            it now.
     """
-    if adj_t is None:
-        adj_t = transpose_sparse(adj)
-    return _SparsePropagate.apply(x, adj, adj_t)
-
-
-class _LightGCNMean(torch.autograd.Function):
-    r"""Layer mean :math:`\frac{1}{L+1}\sum_{l=0}^{L} \mathbf{A}^l \mathbf{x}`; the
-    gradient :math:`\frac{1}{L+1}\sum_l (\mathbf{A}^\top)^l \mathbf{g}` by Horner's
-    rule: :math:`\mathbf{r} \leftarrow \mathbf{g} + \mathbf{A}^\top \mathbf{r}`,
-    :math:`L` times."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, adj: Adj, adj_t: Adj, num_layers: int) -> Tensor:
-        ctx.adj_t = adj_t
-        ctx.num_layers = num_layers
-        out = x.clone()
-        h = x
-        for _ in range(num_layers):
-            h = spmm(adj, h)
-            out.add_(h)
-        return out.div_(num_layers + 1)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor):
-        if not ctx.needs_input_grad[0]:
-            return None, None, None, None
-        grad = grad.contiguous()
-        r = grad
-        for _ in range(ctx.num_layers):
-            r = spmm(ctx.adj_t, r).add_(grad)
-        return r / (ctx.num_layers + 1), None, None, None
-
-
-def lightgcn_mean(x: Tensor, adj: Adj, num_layers: int,
-                  adj_t: Optional[Adj] = None) -> Tensor:
-    r"""Fused LightGCN layer mean
-    :math:`\frac{1}{L+1}\sum_{l=0}^{L} \mathbf{A}^l \mathbf{x}`.
-
-    Args:
-        x: node features ``[n, F]``.
-        adj: sparse ``[n, n]`` propagation matrix (rows are targets).
-        num_layers: :math:`L`.
-        adj_t: the transpose of ``adj`` for the backward pass; ``None`` means ``adj``
-            is symmetric (true of the LightGCN-normalised adjacency) and is used as is.
-    """
-    return _LightGCNMean.apply(x, adj, adj if adj_t is None else adj_t,
-                               int(num_layers))
+    if transpose is None:
+        transpose = transpose_sparse(adj)
+    return _SparsePropagate.apply(x, adj, transpose)
 
 
 class WeightedPropagation(MessagePassing):
@@ -126,49 +89,139 @@ class WeightedPropagation(MessagePassing):
     .. math::
         \mathbf{x}^{\prime}_i = \sum_{j \in \mathcal{N}(i)} a_{ji} \mathbf{x}_j,
 
-    with the weights used as given (no normalisation, no self loops): the item-item
-    view :math:`\mathbf{S}_m \mathbf{e}_m` and the item-to-user step
-    :math:`\hat{\mathbf{R}}\mathbf{e}_m` of MambaRec. Give a sparse matrix
-    ``adj_t`` (rows are targets; bipartite ``[num_targets, num_sources]`` allowed) to
-    use :func:`torch_geometric.utils.spmm`, or ``edge_index`` with ``edge_weight``.
+    with the weights used as given (no normalisation, no self loops). Bipartite
+    propagation (``size=(num_sources, num_targets)``, or a rectangular sparse matrix)
+    is allowed: MambaRec's item-to-user step :math:`\hat{\mathbf{R}}\mathbf{e}_m`.
+
+    Args:
+        fused (bool): on a sparse matrix, use :func:`sparse_propagate` with the
+            ``transpose`` given to :meth:`forward` (no transpose per backward call).
+            (default: :obj:`True`)
     """
 
-    def __init__(self, **kwargs):
+    def __init__(self, fused: bool = True, **kwargs):
         kwargs.setdefault('aggr', 'add')
         super().__init__(**kwargs)
+        self.fused = bool(fused)
 
     def forward(self, x: Union[Tensor, Tuple[Tensor, Optional[Tensor]]],
                 edge_index: Adj, edge_weight: OptTensor = None,
-                size: Optional[Tuple[int, int]] = None) -> Tensor:
-        return self.propagate(edge_index, x=x, edge_weight=edge_weight, size=size)
+                size: Optional[Tuple[int, int]] = None,
+                transpose: Optional[Adj] = None) -> Tensor:
+        """``edge_index``: an edge list ``[2, E]`` (with ``edge_weight``) or a sparse
+        matrix with rows as targets; ``transpose``: that matrix transposed (fused
+        backward)."""
+        return self.propagate(edge_index, x=x, edge_weight=edge_weight, size=size,
+                              transpose=transpose)
 
     def message(self, x_j: Tensor, edge_weight: OptTensor) -> Tensor:
         return x_j if edge_weight is None else edge_weight.view(-1, 1) * x_j
 
-    def message_and_aggregate(self, adj_t: Adj, x) -> Tensor:
+    def message_and_aggregate(self, adj_t: Adj, x, transpose: Optional[Adj] = None
+                              ) -> Tensor:
         if isinstance(x, (tuple, list)):
             x = x[0]
+        if self.fused and self.aggr == 'add' and not isinstance(adj_t, SparseTensor):
+            return sparse_propagate(adj_t, x, transpose)
+        return spmm(adj_t, x, reduce=self.aggr)
+
+    def extra_repr(self) -> str:
+        return f'fused={self.fused}'
+
+
+class LightGCNConv(LGConv):
+    r"""PyG's :class:`~torch_geometric.nn.conv.LGConv`
+    :math:`\mathbf{x}'_i = \sum_j a_{ji}\mathbf{x}_j` on a pre-normalised graph
+    (``normalize=False``: the weights come from
+    :class:`~mambarec_pyg.data.transforms.UserItemNorm`), whose sparse path can take
+    the transpose of the matrix for its backward pass (``transpose``;
+    :func:`sparse_propagate`)."""
+
+    propagate_type = {'x': Tensor, 'edge_weight': OptTensor,
+                      'transpose': Optional[Adj]}
+
+    def __init__(self, fused: bool = True, **kwargs):
+        kwargs.pop('normalize', None)
+        super().__init__(normalize=False, **kwargs)
+        self.fused = bool(fused)
+
+    def forward(self, x: Tensor, edge_index: Adj, edge_weight: OptTensor = None,
+                transpose: Optional[Adj] = None) -> Tensor:
+        return self.propagate(edge_index, x=x, edge_weight=edge_weight,
+                              transpose=transpose)
+
+    def message_and_aggregate(self, adj_t: Adj, x: Tensor,
+                              transpose: Optional[Adj] = None) -> Tensor:
+        if self.fused and transpose is not None and not isinstance(adj_t, SparseTensor):
+            return sparse_propagate(adj_t, x, transpose)
         return spmm(adj_t, x, reduce=self.aggr)
 
 
+class _LightGCNMean(torch.autograd.Function):
+    r"""Layer mean :math:`\frac{1}{L+1}\sum_{l=0}^{L} \mathbf{A}^l \mathbf{x}`, each
+    hop one layer's sparse kernel; the gradient
+    :math:`\frac{1}{L+1}\sum_l (\mathbf{A}^\top)^l \mathbf{g}` by Horner's rule:
+    :math:`\mathbf{r} \leftarrow \mathbf{g} + \mathbf{A}^\top \mathbf{r}`, through
+    the same layers in reverse order."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, adj: Adj, transpose: Adj, convs) -> Tensor:
+        ctx.transpose = transpose
+        ctx.convs = convs
+        out = x.clone()
+        h = x
+        for conv in convs:
+            h = conv.message_and_aggregate(adj, h)
+            out.add_(h)
+        return out.div_(len(convs) + 1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None
+        grad = grad.contiguous()
+        r = grad
+        for conv in reversed(ctx.convs):
+            r = conv.message_and_aggregate(ctx.transpose, r).add_(grad)
+        return r / (len(ctx.convs) + 1), None, None, None
+
+
+def lightgcn_mean(x: Tensor, adj: Adj, num_layers: int,
+                  transpose: Optional[Adj] = None) -> Tensor:
+    r"""Fused LightGCN layer mean
+    :math:`\frac{1}{L+1}\sum_{l=0}^{L} \mathbf{A}^l \mathbf{x}` (plain sparse
+    products; :class:`LightGCNPropagation` is the module).
+
+    Args:
+        x: node features ``[n, F]``.
+        adj: sparse ``[n, n]`` propagation matrix (rows are targets).
+        num_layers: :math:`L`.
+        transpose: the transpose of ``adj`` for the backward pass; ``None`` means
+            ``adj`` is symmetric (true of the LightGCN-normalised adjacency).
+    """
+    convs = [LightGCNConv(fused=False) for _ in range(int(num_layers))]
+    return _LightGCNMean.apply(x, adj, adj if transpose is None else transpose, convs)
+
+
 class LightGCNPropagation(torch.nn.Module):
-    r"""The LightGCN content view: the mean of the layer outputs
+    r"""The LightGCN layer mean over :math:`L` :class:`LightGCNConv` layers
 
     .. math::
-        \mathbf{c} = \frac{1}{L+1} \sum_{l=0}^{L} \mathbf{L}^l \mathbf{x}, \qquad
-        \mathbf{x} = [\mathbf{E}_{\mathrm{user}}; \mathbf{E}_{\mathrm{item}}],
+        \mathbf{c} = \frac{1}{L+1} \sum_{l=0}^{L} \mathbf{A}^l \mathbf{x}
 
-    with :math:`\mathbf{L}` the pre-normalised adjacency
-    (:func:`~mambarec_pyg.data.graphs.normalized_adjacency`), layer 0 included.
+    on a pre-normalised adjacency :math:`\mathbf{A}`
+    (:func:`~mambarec_pyg.data.graphs.normalized_adjacency`), layer 0 included (the
+    content view of MGCN and MambaRec; LightGCN's final embeddings).
 
     Args:
         num_layers (int): :math:`L`.
-        fused (bool): use :func:`lightgcn_mean` (same values, faster backward pass,
-            no stored layer outputs) instead of :obj:`num_layers`
-            :class:`~torch_geometric.nn.conv.LGConv` layers with
-            :obj:`normalize=False`. The fused path needs :math:`\mathbf{L}^\top`
-            (``adj_t`` in :meth:`forward`) or a symmetric :math:`\mathbf{L}`.
-            (default: :obj:`True`)
+        fused (bool): on a sparse matrix, run the mean as one autograd function over
+            the layers' sparse kernels (:meth:`LightGCNConv.message_and_aggregate`):
+            the backward pass is a Horner recursion over the transpose (``transpose``
+            in :meth:`forward`, or ``adj`` itself when symmetric), storing no layer
+            output. Same values as ``fused=False``, which calls each layer in turn
+            and lets autograd differentiate it. (default: :obj:`True`)
     """
 
     def __init__(self, num_layers: int, fused: bool = True):
@@ -176,18 +229,28 @@ class LightGCNPropagation(torch.nn.Module):
         self.num_layers = int(num_layers)
         self.fused = bool(fused)
         self.convs = torch.nn.ModuleList(
-            [LGConv(normalize=False) for _ in range(self.num_layers)])
+            [LightGCNConv(fused=fused) for _ in range(self.num_layers)])
 
     def reset_parameters(self) -> None:
         for conv in self.convs:
             conv.reset_parameters()
 
-    def forward(self, x: Tensor, adj: Adj, adj_t: Optional[Adj] = None) -> Tensor:
-        if self.fused:
-            return lightgcn_mean(x, adj, self.num_layers, adj_t)
+    def forward(self, x: Tensor, edge_index: Adj, edge_weight: OptTensor = None,
+                transpose: Optional[Adj] = None, symmetric: bool = True) -> Tensor:
+        """``edge_index``: a sparse matrix (rows are targets) or an edge list with
+        ``edge_weight``; ``transpose``: the matrix transposed (default: the matrix
+        itself when ``symmetric``)."""
+        sparse = is_sparse(edge_index)
+        if sparse and transpose is None and symmetric:
+            transpose = edge_index
+        if self.fused and sparse and self.num_layers and \
+                not isinstance(edge_index, SparseTensor):
+            if transpose is None:
+                transpose = transpose_sparse(edge_index)
+            return _LightGCNMean.apply(x, edge_index, transpose, list(self.convs))
         out = h = x
         for conv in self.convs:
-            h = conv(h, adj)
+            h = conv(h, edge_index, edge_weight, transpose=transpose)
             out = out + h
         return out / (self.num_layers + 1)
 

@@ -1,35 +1,33 @@
-"""Training and evaluation under the MMRec protocol (docs/reference.md §1).
+"""Training and evaluation under the MMRec protocol (docs/reference.md §1), for any
+registered model.
 
 * :class:`Trainer` -- BPR training with Adam, per-epoch validation, early stopping,
   checkpoints and exact resumption;
 * :func:`mambarec_pyg.evaluate` (``train.evaluate.evaluate``) / :class:`Evaluator` --
-  full-ranking Recall, NDCG, Precision and MAP
-  at every K; :class:`Popularity` -- the most-popular baseline;
-* :func:`grid_search` -- the paper's MMD grid, selected on the validation split;
+  full-ranking Recall, NDCG, Precision and MAP at every K;
+* :func:`grid_search` -- a model's grid, selected on the validation split;
 * :func:`run` / :func:`load_run` -- one run from a :class:`~mambarec_pyg.config.Config`,
   and the model back from its checkpoint.
 """
-from .checkpoint import load_checkpoint, save_checkpoint, seed_everything
-from .evaluate import Evaluator, Popularity, recommend
-from .experiment import build_model, load_data, load_run, run
+from .checkpoint import load_checkpoint, save_checkpoint
+from .evaluate import Evaluator, evaluate, recommend
+from .experiment import build_model, load_run, run
 from .search import SearchResult, grid_search
 from .trainer import TrainResult, Trainer, TrainingDivergedError, make_optimizer
 
 __all__ = [
     'Evaluator',
-    'Popularity',
     'SearchResult',
     'TrainResult',
     'Trainer',
     'TrainingDivergedError',
     'build_model',
+    'evaluate',
     'grid_search',
     'load_checkpoint',
-    'load_data',
     'load_run',
     'make_optimizer',
     'recommend',
     'run',
     'save_checkpoint',
-    'seed_everything',
 ]

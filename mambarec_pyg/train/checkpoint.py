@@ -1,22 +1,30 @@
-"""Checkpoints and run records: written atomically, complete enough to resume exactly.
+"""Checkpoints and run records: safe to load, written atomically, complete enough to
+resume exactly.
 
-A checkpoint is one ``torch.save`` dictionary (format :data:`FORMAT`):
+A checkpoint is one ``torch.save`` dictionary (format :data:`FORMAT`) of tensors and
+plain containers only -- dicts, lists, tuples, strings, numbers, booleans, ``None``
+-- so :func:`load_checkpoint` reads it with ``torch.load(weights_only=True)``, which
+never runs code from the file. A file holding anything else (for example a crafted
+pickle) is refused before any of it is executed.
 
-* ``model``, ``optimizer``, ``scheduler``: ``state_dict()`` of each;
-* ``rng``: the Python, NumPy and torch (CPU and every CUDA device) generator states
-  and the training-pair sampler's :class:`torch.Generator` state;
-* ``epoch`` (epochs completed), ``best_epoch``, ``best_value``, ``best_valid``,
-  ``best_test``, ``bad_epochs`` (the early-stopping counter), ``history``;
-* ``config``: the full :class:`~mambarec_pyg.config.Config` as a dict when known
-  (else the :class:`~mambarec_pyg.config.TrainConfig`), and ``data``: what is needed
-  to load the same data again (see :func:`mambarec_pyg.train.experiment.load_data`).
+* ``kind``: ``'last'`` (everything needed to resume) or ``'best'`` (the weights of
+  the best epoch, for ``evaluate`` / ``recommend``);
+* ``model``: the model's ``state_dict()``; ``model_name``: its registered name;
+* ``config``: the full :class:`~mambarec_pyg.config.Config` as plain data (the
+  model's name and options included), ``data``: how to load the same data again;
+* last only: ``optimizer``, ``scheduler`` (``state_dict()`` each), ``rng`` (the
+  Python, NumPy and torch generator states as tensors and numbers, and the
+  training-pair sampler's), the counters and the history.
 
-Writers go through :func:`mambarec_pyg.io.atomic_path`, so an interrupted write never
-replaces a good checkpoint with a partial one.
+Checkpoints written by versions before format 2 held NumPy objects and could only be
+read with the unrestricted unpickler; :func:`load_checkpoint` reads them only with
+``trusted=True`` (``--trust-checkpoint`` on the command line), for files you made
+yourself.
 """
 from __future__ import annotations
 
 import os
+import pickle
 import platform
 import random
 import sys
@@ -27,26 +35,32 @@ import numpy as np
 import torch
 
 from ..io import atomic_path, write_json
+from ..utils import seed_everything
 
 __all__ = ['FORMAT', 'save_checkpoint', 'load_checkpoint', 'rng_state',
-           'set_rng_state', 'seed_everything', 'environment', 'write_json']
+           'set_rng_state', 'seed_everything', 'environment', 'write_json',
+           'CheckpointError']
 
-FORMAT = 'mambarec_pyg.checkpoint/1'
+FORMAT = 'mambarec_pyg.checkpoint/2'
+_LEGACY = ('mambarec_pyg.checkpoint/1', )
 PathLike = Union[str, os.PathLike]
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's and torch's (CPU and CUDA) global generators."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)  # also seeds every CUDA device
+class CheckpointError(ValueError):
+    """A file is not a checkpoint this library can safely read."""
 
 
 def rng_state(sampler: Optional[torch.Generator] = None) -> Dict[str, Any]:
-    """Every random state a training run consumes."""
+    """Every random state a training run consumes, as tensors and plain values."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
-        'python': random.getstate(),
-        'numpy': np.random.get_state(),
+        'python': {'version': int(version),
+                   'state': torch.tensor(internal, dtype=torch.int64),
+                   'gauss': gauss},
+        'numpy': {'name': str(name), 'keys': torch.from_numpy(
+            np.asarray(keys, dtype=np.int64)), 'pos': int(pos),
+            'has_gauss': int(has_gauss), 'cached_gaussian': float(cached)},
         'torch': torch.get_rng_state(),
         'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
@@ -58,8 +72,12 @@ def rng_state(sampler: Optional[torch.Generator] = None) -> Dict[str, Any]:
 def set_rng_state(state: Dict[str, Any],
                   sampler: Optional[torch.Generator] = None) -> None:
     """Restore what :func:`rng_state` returned."""
-    random.setstate(state['python'])
-    np.random.set_state(state['numpy'])
+    py = state['python']
+    random.setstate((py['version'], tuple(int(v) for v in py['state'].tolist()),
+                     py['gauss']))
+    npy = state['numpy']
+    np.random.set_state((npy['name'], npy['keys'].numpy().astype(np.uint32),
+                         npy['pos'], npy['has_gauss'], npy['cached_gaussian']))
     torch.set_rng_state(state['torch'])
     if state.get('cuda') is not None and torch.cuda.is_available():
         cuda = state['cuda']
@@ -70,35 +88,114 @@ def set_rng_state(state: Dict[str, Any],
 
 
 def save_checkpoint(path: PathLike, state: Dict[str, Any]) -> Path:
-    """``torch.save(state)`` to ``path`` atomically (temporary file + rename)."""
+    """``torch.save(state)`` to ``path`` atomically (temporary file + rename).
+
+    Raises :class:`OSError` naming the file when it cannot be written (a full disk
+    included); the previous file at ``path`` is then left as it was.
+    """
     path = Path(path)
     state = dict(state, format=FORMAT)
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    except OSError as e:
+        raise OSError(e.errno, f'{path}: could not write the checkpoint '
+                               f'({e.strerror or e}); is the disk full?') from None
+    except RuntimeError as e:  # torch's writer reports I/O failures this way
+        raise OSError(f'{path}: could not write the checkpoint ({e}); is the disk '
+                      f'full?') from None
     return path
 
 
 def load_checkpoint(path: PathLike,
-                    map_location: Union[str, torch.device, None] = 'cpu') -> Dict[str, Any]:
+                    map_location: Union[str, torch.device, None] = 'cpu',
+                    trusted: bool = False) -> Dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`.
 
-    Raises :class:`FileNotFoundError` for a missing file and :class:`ValueError` for a
-    file that is not such a checkpoint.
+    The file is read with ``torch.load(weights_only=True)``: tensors and plain
+    containers only, nothing in it is executed. ``trusted=True`` also reads
+    checkpoints of the older format 1 with the unrestricted unpickler -- only for
+    files you made yourself.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: the file is not a readable checkpoint of this library, or
+            holds objects that are not allowed (refused before they run).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'{path}: checkpoint not found')
     try:
-        # Checkpoints hold numpy RNG states and plain containers, so the restricted
-        # ``weights_only`` unpickler cannot read them; only load files you trust.
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if not trusted:
+            raise CheckpointError(
+                f'{path}: refused: the file holds objects other than tensors and '
+                f'plain containers, which could run code when loaded (the safe '
+                f'loader stopped at: {_first_line(e)}). A mambarec_pyg checkpoint '
+                f'never does; a checkpoint of an older mambarec_pyg version that you '
+                f'made yourself can be read with --trust-checkpoint (trusted=True)'
+            ) from None
+        state = _load_trusted(path, map_location)
     except Exception as e:  # noqa: BLE001 - report any unreadable file the same way
-        raise ValueError(f'{path}: not a readable checkpoint ({type(e).__name__}: '
-                         f'{e})') from None
-    if not isinstance(state, dict) or state.get('format') != FORMAT:
-        raise ValueError(f'{path}: not a mambarec_pyg checkpoint (expected format '
-                         f'{FORMAT!r})')
+        raise CheckpointError(f'{path}: not a readable checkpoint '
+                              f'({type(e).__name__}: {_first_line(e)})') from None
+    if not isinstance(state, dict) or state.get('format') not in (FORMAT, *_LEGACY):
+        raise CheckpointError(f'{path}: not a mambarec_pyg checkpoint (expected '
+                              f'format {FORMAT!r})')
+    if state['format'] in _LEGACY and not trusted:
+        raise CheckpointError(f'{path}: a checkpoint of an older mambarec_pyg '
+                              f'version; read it with --trust-checkpoint '
+                              f'(trusted=True) if you made it yourself')
+    if state['format'] in _LEGACY:
+        state = _upgrade_legacy(state)
     return state
+
+
+def _load_trusted(path: Path, map_location) -> Any:
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f'{path}: not a readable checkpoint '
+                              f'({type(e).__name__}: {_first_line(e)})') from None
+
+
+def _upgrade_legacy(state: Dict[str, Any]) -> Dict[str, Any]:
+    """A format-1 checkpoint (MambaRec only) in the shape of format 2."""
+    state = dict(state)
+    state.setdefault('kind', 'last')
+    state.setdefault('model_name', 'mambarec')
+    config = state.get('config')
+    if isinstance(config, dict) and isinstance(config.get('model'), dict):
+        model = dict(config['model'])
+        model.setdefault('name', 'mambarec')
+        train = dict(config.get('train') or {})
+        warm = train.pop('cl_warmup_epochs', None)
+        if warm:
+            model['cl_warmup_epochs'] = warm
+        state['config'] = dict(config, model=model, train=train)
+    model_state = state.get('model')
+    if isinstance(model_state, dict):  # the fusion layers moved into `fusion.`
+        renamed = {}
+        for key, value in model_state.items():
+            if key.startswith(('query.', 'preference_gates.')):
+                key = 'fusion.' + key
+            renamed[key] = value
+        state['model'] = renamed
+    rng = state.get('rng')
+    if isinstance(rng, dict) and isinstance(rng.get('python'), tuple):
+        version, internal, gauss = rng['python']
+        name, keys, pos, has_gauss, cached = rng['numpy']
+        state['rng'] = dict(rng, python={'version': version, 'state': torch.tensor(
+            internal, dtype=torch.int64), 'gauss': gauss}, numpy={
+                'name': name, 'keys': torch.from_numpy(np.asarray(keys, np.int64)),
+                'pos': pos, 'has_gauss': has_gauss, 'cached_gaussian': cached})
+    return state
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
 
 
 def environment(device: Optional[torch.device] = None) -> Dict[str, Any]:

@@ -27,7 +27,6 @@ and ground truth, as flat per-batch slices) is built once per split by
 """
 from __future__ import annotations
 
-import weakref
 from typing import Dict, Iterable, Optional, Sequence, Tuple, Union
 
 import torch
@@ -37,40 +36,19 @@ from torch_geometric.metrics import (LinkPredMAP, LinkPredMetricCollection,
                                      LinkPredNDCG, LinkPredPrecision,
                                      LinkPredRecall)
 
-from ..config import ConfigError
-from ..data.mmrec import UI
-from ..ranking import ItemLists, rank_items
+from ..data.index import UI, training_index
+from ..ranking import ItemLists
+from ..utils import cached_on, progress as _progress, resolve_device, \
+    tensor_fingerprint
 
-__all__ = ['Evaluator', 'evaluate', 'recommend', 'Popularity', 'METRICS',
-           'resolve_device']
+__all__ = ['Evaluator', 'evaluate', 'recommend', 'METRICS', 'SPLITS',
+           'per_user_metrics']
 
 #: metric names, in the order they are reported.
 METRICS = ('recall', 'ndcg', 'precision', 'map')
 _METRIC_CLS = {'recall': LinkPredRecall, 'ndcg': LinkPredNDCG,
                'precision': LinkPredPrecision, 'map': LinkPredMAP}
 SPLITS = ('valid', 'test')
-
-
-def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
-    """``'auto'``/``None`` -> CUDA when present, else CPU."""
-    if device is None or str(device) == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    try:
-        device = torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got "
-                          f"{device!r}") from None
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise ConfigError(f"device {str(device)!r} requested but CUDA is not "
-                          f"available; use 'cpu' or 'auto'")
-    return device
-
-
-def interactive() -> bool:
-    """Whether progress bars have a viewer: a terminal on stderr, or a notebook."""
-    import sys
-    isatty = getattr(sys.stderr, 'isatty', None)
-    return bool(isatty and isatty()) or 'ipykernel' in sys.modules
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -89,6 +67,10 @@ class _Split:
         self.train = train
         self.truth = truth
 
+    def to(self, device) -> '_Split':
+        return _Split(self.users.to(device), self.train.to(device),
+                      self.truth.to(device))
+
 
 class Evaluator:
     r"""Evaluates a model (or given embeddings) on the valid or test split.
@@ -97,7 +79,10 @@ class Evaluator:
         data (HeteroData): the dataset (layout of :func:`mambarec_pyg.load_mmrec`).
         ks (sequence of int): the cut-offs :math:`K` (default ``(5, 10, 20, 50)``).
         batch_size (int): users scored per batch.
-        device: where scores are computed; ``None`` = the model's device.
+        device: where scores are computed; ``None`` = the embeddings' device.
+
+    The training items masked per user come from the dataset's shared
+    :func:`~mambarec_pyg.data.training_index`.
 
     Example::
 
@@ -120,18 +105,21 @@ class Evaluator:
         self.device = None if device is None else resolve_device(device)
         self.num_users = int(data['user'].num_nodes)
         self.num_items = int(data['item'].num_nodes)
+        self.index = training_index(data)
         store = data[UI]
-        train = store.edge_index.detach().to('cpu', torch.long)
-        self._train_edge_index = train
-        self._splits: Dict[str, _Split] = {}
         self._split_edges: Dict[str, Tensor] = {}
         for split in SPLITS:
             key = f'{split}_edge_label_index'
             if key in store:
                 self._split_edges[split] = store[key].detach().to('cpu', torch.long)
+        self._splits: Dict[str, _Split] = {}
         self._on: Dict[Tuple[str, torch.device], _Split] = {}
         self._metrics: Dict[torch.device, LinkPredMetricCollection] = {}
-        self._train_lists: Dict[torch.device, ItemLists] = {}
+
+    def has_split(self, split: str) -> bool:
+        """Whether ``split`` has at least one interaction to evaluate."""
+        edges = self._split_edges.get(split)
+        return edges is not None and edges.size(1) > 0
 
     # -- precomputation ---------------------------------------------------------
     def _split(self, split: str, device: torch.device) -> _Split:
@@ -141,7 +129,7 @@ class Evaluator:
         if split not in self._split_edges:
             raise KeyError(f"split {split!r}: the data has no "
                            f"'{split}_edge_label_index' (choose from "
-                           f"{', '.join(self._split_edges)})")
+                           f"{', '.join(self._split_edges) or 'none'})")
         base = self._splits.get(split)
         if base is None:
             gt = self._split_edges[split]
@@ -149,13 +137,11 @@ class Evaluator:
             local = torch.full((self.num_users, ), -1, dtype=torch.long)
             local[users] = torch.arange(users.numel())
             truth = ItemLists(local[gt[0]], gt[1], users.numel())
-            tr = self._train_edge_index
-            keep = local[tr[0]] >= 0
-            train = ItemLists(local[tr[0, keep]], tr[1, keep], users.numel())
+            rows, items = self.index.user_items.gather(users)
+            train = ItemLists(rows, items, users.numel())
             base = _Split(users, train, truth)
             self._splits[split] = base
-        on = _Split(base.users.to(device), base.train.to(device),
-                    base.truth.to(device))
+        on = base.to(device)
         self._on[(split, device)] = on
         return on
 
@@ -172,27 +158,33 @@ class Evaluator:
     # -- evaluation -------------------------------------------------------------
     @torch.no_grad()
     def __call__(self, model: torch.nn.Module, split: str = 'valid',
-                 data: Optional[HeteroData] = None,
-                 progress: bool = False) -> Dict[str, float]:
-        """Metrics of ``model`` on ``split``; the forward pass runs once.
+                 progress: bool = False, per_user: bool = False) -> Dict[str, float]:
+        """Metrics of ``model`` on ``split``; its embeddings are computed once.
 
-        ``model(data)`` must return ``(user_emb [U, d], item_emb [N, d])``; the model
-        is put in eval mode for the call and its previous mode restored.
-        ``progress`` shows a progress bar over the user batches.
+        ``model.embed()`` (or ``model()``) must return ``(user_emb [U, d], item_emb
+        [N, d])``; the model is put in eval mode for the call and its previous mode
+        restored. ``progress`` shows a bar over the user batches; ``per_user`` adds
+        :func:`per_user_metrics`-style values under ``'per_user'``.
         """
         was_training = model.training
         model.eval()
         try:
-            user_emb, item_emb = model(data) if data is not None else model()
+            embed = getattr(model, 'embed', None)
+            user_emb, item_emb = embed() if callable(embed) else model()
         finally:
             model.train(was_training)
-        return self.from_embeddings(user_emb, item_emb, split, progress)
+        return self.from_embeddings(user_emb, item_emb, split, progress, per_user)
 
     @torch.no_grad()
     def from_embeddings(self, user_emb: Tensor, item_emb: Tensor,
-                        split: str = 'valid',
-                        progress: bool = False) -> Dict[str, float]:
-        """Metrics of the scores ``user_emb @ item_emb.T`` on ``split``."""
+                        split: str = 'valid', progress: bool = False,
+                        per_user: bool = False) -> Dict[str, float]:
+        """Metrics of the scores ``user_emb @ item_emb.T`` on ``split``.
+
+        With ``per_user``, ``result['per_user']`` holds ``users`` (the evaluated
+        user ids) and, for every ``recall@K`` and ``ndcg@K``, one value per user
+        (their means are the reported metrics).
+        """
         device = self.device or user_emb.device
         user_emb, item_emb = user_emb.to(device), item_emb.to(device)
         self._check_shapes(user_emb, item_emb)
@@ -202,11 +194,9 @@ class Evaluator:
         n = sp.users.numel()
         k = min(max(self.ks), self.num_items)
         item_t = item_emb.t().contiguous()
-        starts = range(0, n, self.batch_size)
-        if progress and interactive():
-            from tqdm.auto import tqdm
-            starts = tqdm(starts, desc=f'evaluating {split}', unit='batch',
-                          leave=False)
+        starts = _progress(range(0, n, self.batch_size), enabled=progress,
+                           desc=f'evaluating {split}', unit='batch', leave=False)
+        tops = []
         for start in starts:
             end = min(start + self.batch_size, n)
             scores = user_emb[sp.users[start:end]] @ item_t
@@ -215,24 +205,20 @@ class Evaluator:
             top = scores.topk(k, dim=1).indices
             g_rows, g_cols = sp.truth.slice(start, end)
             coll.update(top, torch.stack([g_rows, g_cols]))
+            if per_user:
+                tops.append(top)
         out = {name: float(v) for name, v in coll.compute().items()}
         # report metric by metric, each at every K
-        result = {f'{m}@{k}': out[f'{m}@{k}'] for m in METRICS for k in self.ks}
+        result: Dict[str, object] = {f'{m}@{k}': out[f'{m}@{k}'] for m in METRICS
+                                     for k in self.ks}
         result['num_users'] = n
+        if per_user:
+            top = torch.cat(tops) if tops else torch.empty(0, k, dtype=torch.long,
+                                                           device=device)
+            values = per_user_metrics(top, sp.truth, self.ks)
+            result['per_user'] = {'users': sp.users.cpu(),
+                                  **{key: v.cpu() for key, v in values.items()}}
         return result
-
-    @torch.no_grad()
-    def rank(self, user_emb: Tensor, item_emb: Tensor, users: Tensor,
-             k: int) -> Tuple[Tensor, Tensor]:
-        """Top-``k`` items and scores for ``users``, training items excluded."""
-        device = self.device or user_emb.device
-        exclude = self._train_lists.get(device)
-        if exclude is None:
-            tr = self._train_edge_index
-            exclude = ItemLists(tr[0], tr[1], self.num_users).to(device)
-            self._train_lists[device] = exclude
-        return rank_items(user_emb.to(device), item_emb.to(device), users,
-                          min(int(k), self.num_items), exclude, self.batch_size)
 
     def _check_shapes(self, user_emb: Tensor, item_emb: Tensor) -> None:
         if user_emb.dim() != 2 or user_emb.size(0) != self.num_users:
@@ -246,19 +232,53 @@ class Evaluator:
                              f'items {item_emb.size(1)}')
 
 
-# One Evaluator per (data, ks, batch_size, device), rebuilt if the edges change.
-# HeteroData is unhashable, so entries are keyed by id() and hold a weak reference
-# (checked on lookup, removed when the data object is collected).
-_CACHE: Dict[int, Tuple['weakref.ref', dict]] = {}
+def per_user_metrics(top: Tensor, truth: ItemLists,
+                     ks: Sequence[int]) -> Dict[str, Tensor]:
+    r"""Recall@K and NDCG@K of every evaluated user (the values the paired
+    significance tests compare).
+
+    Args:
+        top: ``[n, k_max]`` ranked item ids per evaluated user.
+        truth: each evaluated user's ground-truth items (row ``r`` for ``top[r]``).
+        ks: the cut-offs.
+
+    Returns ``{'recall@K': [n], 'ndcg@K': [n]}`` (float64), with the formulas of the
+    module docstring; a user without ground truth gets 0.
+    """
+    n, kmax = top.shape
+    rows, items = truth.slice(0, n) if n else (top.new_empty(0), top.new_empty(0))
+    num_items = int(max(int(top.max()) if top.numel() else 0,
+                        int(items.max()) if items.numel() else 0)) + 1
+    keys = torch.unique(rows * num_items + items)
+    query = torch.arange(n, device=top.device).view(-1, 1) * num_items + top
+    idx = torch.searchsorted(keys, query).clamp_(max=max(keys.numel() - 1, 0))
+    hit = (keys[idx] == query) if keys.numel() else torch.zeros_like(query,
+                                                                      dtype=torch.bool)
+    hit = hit.to(torch.float64)
+    size = (truth.rowptr[1:n + 1] - truth.rowptr[:n]).to(torch.float64)
+    disc = 1.0 / torch.log2(torch.arange(2, kmax + 2, dtype=torch.float64,
+                                         device=top.device))
+    out = {}
+    for k in ks:
+        kk = min(k, kmax)
+        hits = hit[:, :kk].sum(dim=1)
+        out[f'recall@{k}'] = torch.where(size > 0, hits / size.clamp(min=1),
+                                         torch.zeros_like(hits))
+        dcg = (hit[:, :kk] * disc[:kk]).sum(dim=1)
+        ideal_n = torch.minimum(size, torch.tensor(float(kk), dtype=torch.float64,
+                                                   device=top.device)).long()
+        cum = torch.cat([disc.new_zeros(1), disc[:kk].cumsum(0)])
+        idcg = cum[ideal_n]
+        out[f'ndcg@{k}'] = torch.where(idcg > 0, dcg / idcg.clamp(min=1e-12),
+                                       torch.zeros_like(dcg))
+    return out
 
 
 def _fingerprint(data: HeteroData) -> tuple:
     store = data[UI]
     parts = []
     for key in ('edge_index', 'valid_edge_label_index', 'test_edge_label_index'):
-        t = store[key] if key in store else None
-        parts.append(None if t is None else (t.data_ptr(), t._version,
-                                             tuple(t.shape)))
+        parts.append(tensor_fingerprint(store[key]) if key in store else None)
     return tuple(parts) + (int(data['user'].num_nodes), int(data['item'].num_nodes))
 
 
@@ -266,29 +286,16 @@ def get_evaluator(data: HeteroData, ks: Sequence[int] = (5, 10, 20, 50),
                   batch_size: int = 4096,
                   device: Union[str, torch.device, None] = None) -> Evaluator:
     """A cached :class:`Evaluator` for ``data`` (rebuilt when its edges change)."""
-    key = (tuple(ks), int(batch_size), None if device is None else str(device))
-    entry = _CACHE.get(id(data))
-    if entry is None or entry[0]() is not data:
-        try:
-            ref = weakref.ref(data)
-        except TypeError:  # not weak-referenceable: no caching
-            return Evaluator(data, ks, batch_size, device)
-        entry = (ref, {})
-        _CACHE[id(data)] = entry
-        weakref.finalize(data, _CACHE.pop, id(data), None)
-    per_data = entry[1]
-    fp = _fingerprint(data)
-    hit = per_data.get(key)
-    if hit is None or hit[0] != fp:
-        hit = (fp, Evaluator(data, ks, batch_size, device))
-        per_data[key] = hit
-    return hit[1]
+    key = ('evaluator', tuple(ks), int(batch_size),
+           None if device is None else str(device))
+    return cached_on(data, key, lambda: Evaluator(data, ks, batch_size, device),
+                     _fingerprint(data))
 
 
 def evaluate(model: torch.nn.Module, data: HeteroData, split: str = 'valid',
              ks: Sequence[int] = (5, 10, 20, 50), batch_size: int = 4096,
              device: Union[str, torch.device, None] = None,
-             progress: bool = False) -> Dict[str, float]:
+             progress: bool = False, per_user: bool = False) -> Dict[str, float]:
     """Recall, NDCG, Precision and MAP at every ``K`` on ``split``.
 
     Returns a dict like ``{'recall@20': 0.07, 'ndcg@20': 0.03, ..., 'num_users': U}``.
@@ -299,50 +306,18 @@ def evaluate(model: torch.nn.Module, data: HeteroData, split: str = 'valid',
         raise ValueError(f"split: expected 'valid' or 'test', got {split!r}")
     dev = resolve_device(device) if device is not None else _model_device(model)
     ev = get_evaluator(data, ks, batch_size, dev)
-    return ev(model, split, data, progress)
+    return ev(model, split, progress, per_user)
 
 
-@torch.no_grad()
-def recommend(model: torch.nn.Module, data: HeteroData, users: Union[Tensor, Iterable[int]],
-              k: int = 20, batch_size: int = 4096,
-              device: Union[str, torch.device, None] = None) -> Tuple[Tensor, Tensor]:
-    """Top-``k`` items (and scores) for ``users``, each user's training items excluded.
+def recommend(model: torch.nn.Module, users: Union[Tensor, Iterable[int]],
+              k: int = 20) -> Tuple[Tensor, Tensor]:
+    """Top-``k`` items and scores for ``users``, each user's training items
+    excluded (:meth:`Recommender.recommend
+    <mambarec_pyg.models.Recommender.recommend>`, on the CPU).
 
-    Returns ``(items [len(users), k], scores [len(users), k])``.
+    Returns ``(items [len(users), k], scores [len(users), k])``; a user with fewer
+    than ``k`` candidates gets ``-1`` (score ``-inf``) in the remaining places.
     """
-    users = torch.as_tensor(list(users) if not isinstance(users, Tensor) else users,
-                            dtype=torch.long)
-    num_users = int(data['user'].num_nodes)
-    bad = users[(users < 0) | (users >= num_users)]
-    if bad.numel():
-        raise ValueError(f'user id {int(bad[0])}: expected an id in [0, {num_users})')
-    dev = resolve_device(device) if device is not None else _model_device(model)
-    ev = get_evaluator(data, (k, ), batch_size, dev)
-    was_training = model.training
-    model.eval()
-    try:
-        user_emb, item_emb = model(data)
-    finally:
-        model.train(was_training)
-    items, scores = ev.rank(user_emb, item_emb, users, k)
+    users = users if isinstance(users, Tensor) else torch.as_tensor(list(users))
+    items, scores = model.recommend(users, k, return_scores=True)
     return items.cpu(), scores.cpu()
-
-
-class Popularity(torch.nn.Module):
-    r"""Ranks items by their number of training interactions (a baseline).
-
-    It fits the evaluator's model interface with one-dimensional embeddings: every
-    user is ``1`` and item :math:`i` is its training count, so the score of
-    :math:`(u, i)` is the popularity of :math:`i`.
-    """
-
-    def __init__(self, data: HeteroData) -> None:
-        super().__init__()
-        ei = data[UI].edge_index
-        counts = torch.bincount(ei[1].cpu(), minlength=int(data['item'].num_nodes))
-        self.register_buffer('item_count', counts.to(torch.float32).view(-1, 1))
-        self.num_users = int(data['user'].num_nodes)
-
-    def forward(self, data: Optional[HeteroData] = None) -> Tuple[Tensor, Tensor]:
-        ones = self.item_count.new_ones(self.num_users, 1)
-        return ones, self.item_count

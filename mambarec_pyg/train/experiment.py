@@ -1,77 +1,45 @@
 """One run from a :class:`~mambarec_pyg.config.Config`: load data, build, train.
 
-These are the steps the command line, the examples and the grid search share:
+These are the steps the command line, the examples, the grid search and the
+experiments share, for any registered model:
 
-* :func:`load_data` -- the dataset a :class:`~mambarec_pyg.config.DataConfig` names
-  (MMRec files under ``root/dataset/`` or a cached synthetic preset);
-* :func:`build_model` -- a fresh :class:`~mambarec_pyg.models.mambarec.MambaRec`;
-* :func:`run` -- seed, load, build, :class:`~mambarec_pyg.train.trainer.Trainer`,
-  with the resolved config written next to the results;
+* :func:`build_model` -- the model ``config.model`` names, freshly initialised, with
+  its graphs on the data (cached in the dataset's processed directory);
+* :func:`run` -- seed, load, build, :class:`~mambarec_pyg.train.trainer.Trainer`;
 * :func:`load_run` -- the model, data and config back from a checkpoint.
+
+The data are loaded by :func:`mambarec_pyg.data.load_dataset`.
 """
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 from torch_geometric.data import HeteroData
 
-from ..config import Config, DataConfig, MambaRecConfig, from_dict
-from .checkpoint import load_checkpoint, seed_everything
+from ..config import Config, ModelConfig, from_dict
+from ..data.dataset import data_spec, load_dataset
+from ..utils import resolve_device, seed_everything
+from .checkpoint import load_checkpoint
 from .trainer import Trainer, TrainResult
 
-__all__ = ['load_data', 'build_model', 'run', 'load_run', 'ModelFactory']
+__all__ = ['build_model', 'run', 'load_run', 'ModelFactory']
 
 PathLike = Union[str, os.PathLike]
-ModelFactory = Callable[[HeteroData, MambaRecConfig], torch.nn.Module]
+ModelFactory = Callable[[HeteroData, ModelConfig], torch.nn.Module]
 
 
-def load_data(config: DataConfig) -> HeteroData:
-    """The dataset ``config`` names, with only the requested modalities."""
-    if config.dataset is not None:
-        from ..data.mmrec import load_mmrec
-        return load_mmrec(config.root, config.dataset, modalities=config.modalities)
-    from ..data.synthetic import synthetic_dataset
-    data = synthetic_dataset(config.synthetic, seed=config.synthetic_seed)
-    if config.modalities is not None:
-        data = select_modalities(data, config.modalities)
-    return data
+def build_model(data: HeteroData, config: ModelConfig) -> torch.nn.Module:
+    """A freshly initialised model of the registered class ``config`` belongs to.
 
-
-def select_modalities(data: HeteroData, modalities) -> HeteroData:
-    """A shallow copy of ``data`` keeping only ``modalities`` (in that order)."""
-    available = tuple(getattr(data, 'modalities', ()) or ())
-    missing = [m for m in modalities if m not in available]
-    if missing:
-        from ..data.errors import DataError
-        raise DataError(f"data.modalities: {missing[0]!r} is not a modality of "
-                        f"{getattr(data, 'name', 'the dataset')} (available: "
-                        f"{', '.join(available)})")
-    out = data.__copy__()
-    for m in available:
-        if m not in modalities:
-            del out['item'][m]
-    out.modalities = tuple(modalities)
-    return out
-
-
-def build_model(data: HeteroData, config: MambaRecConfig,
-                cache_dir: Optional[PathLike] = None) -> torch.nn.Module:
-    """A freshly initialised MambaRec for ``data``."""
-    from ..models.mambarec import MambaRec
-    return MambaRec(data, config=config, cache_dir=cache_dir)
-
-
-def data_spec(config: DataConfig) -> Dict[str, Any]:
-    """``config`` as a dict with ``root`` made absolute, so a checkpoint can find the
-    data again from any working directory."""
-    from ..config import to_dict
-    spec = to_dict(config)
-    if config.dataset is not None:
-        spec['root'] = str(Path(config.root).resolve())
-    return spec
+    The model's graphs are put on ``data`` first (computed only where missing; cached
+    under ``data.processed_dir`` when the loader set it), so the constructor does no
+    kNN work on later runs.
+    """
+    from ..models.registry import get_model_class
+    cls = get_model_class(type(config).name)
+    return cls(cls.prepare(data, config), config)
 
 
 def run(config: Config, output_dir: Optional[PathLike] = None, *,
@@ -85,16 +53,13 @@ def run(config: Config, output_dir: Optional[PathLike] = None, *,
     same config gives the same initial weights and the same run. ``data`` skips
     loading (it must be what ``config.data`` names); ``model_factory(data,
     config.model)`` replaces :func:`build_model`. The resolved config is written to
-    ``output_dir/config.yaml``.
+    ``output_dir/config.yaml`` once the run has checked it may use the directory.
     """
     if data is None:
-        data = load_data(config.data)
+        data = load_dataset(config.data)
     seed_everything(config.train.seed)
     factory = model_factory or build_model
     model = factory(data, config.model)
-    if output_dir is not None:
-        Path(output_dir).mkdir(parents=True, exist_ok=True)
-        config.to_yaml(Path(output_dir) / 'config.yaml')
     trainer = Trainer(model, data, config, output_dir, resume=resume, quiet=quiet,
                       callbacks=callbacks, data_spec=data_spec(config.data))
     return trainer.fit()
@@ -103,27 +68,30 @@ def run(config: Config, output_dir: Optional[PathLike] = None, *,
 def load_run(checkpoint: PathLike, device: Union[str, torch.device, None] = 'cpu',
              data: Optional[HeteroData] = None,
              model_factory: Optional[ModelFactory] = None,
-             ) -> Tuple[torch.nn.Module, HeteroData, Config]:
-    """Rebuild ``(model, data, config)`` from a checkpoint written by a run.
+             trusted: bool = False) -> Tuple[torch.nn.Module, HeteroData, Config]:
+    """Rebuild ``(model, data, config)`` from a checkpoint written by a run (any
+    registered model; the checkpoint records its name and config).
 
     The data are loaded again from the location recorded in the checkpoint (an
     absolute MMRec root, or the synthetic preset and seed) unless ``data`` is given.
+    ``trusted`` reads checkpoints of older versions (see
+    :func:`~mambarec_pyg.train.checkpoint.load_checkpoint`).
     """
-    state = load_checkpoint(checkpoint)
+    state = load_checkpoint(checkpoint, trusted=trusted)
     if not state.get('config'):
         raise ValueError(f'{checkpoint}: the checkpoint records no full config (it was '
                          f'written by a Trainer given only a TrainConfig); rebuild the '
                          f'model in Python and load its state_dict')
     config = Config.from_dict(state['config'])
     if data is None:
+        from ..config import DataConfig
         spec = state.get('data') or {}
         data_cfg = from_dict(DataConfig, spec) if spec else config.data
-        data = load_data(data_cfg)
+        data = load_dataset(data_cfg)
     factory = model_factory or build_model
     model = factory(data, config.model)
     model.load_state_dict(state['model'])
     if device is not None:
-        from .evaluate import resolve_device
         model.to(resolve_device(device))
     model.eval()
     return model, data, config

@@ -1,9 +1,12 @@
-r"""Grid search over the MMD hyperparameters, selected on the validation split.
+r"""Grid search over a model's hyperparameters, selected on the validation split.
 
-The paper tunes the MMD weight and the Gaussian-kernel bandwidth on
-:math:`\{0.1, 0.15, 0.2\} \times \{1.0, 1.5, 2.0\}` with seed 999 (docs/reference.md
-§1). Each grid point is a full training run (:func:`~.experiment.run`) with a
-freshly built model, seeded identically, in its own directory under ``output_dir``.
+Each model's config class carries the grid its authors' framework searched
+(:attr:`ModelConfig.GRID <mambarec_pyg.config.ModelConfig.GRID>`): for MambaRec the
+paper's MMD weight :math:`\times` Gaussian-kernel bandwidth,
+:math:`\{0.1, 0.15, 0.2\} \times \{1.0, 1.5, 2.0\}` with seed 999
+(docs/reference.md §1); for the baselines MMRec's grids (``../BASELINES.md``). Each
+grid point is a full training run (:func:`~.experiment.run`) with a freshly built
+model, seeded identically, in its own directory under ``output_dir``.
 
 Selection: the point with the best **valid** ``valid_metric`` (Recall@20) wins, and
 its test metrics (those of its best valid epoch) are reported. The released MMRec
@@ -27,20 +30,21 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 from torch_geometric.data import HeteroData
 
 from ..config import Config, ConfigError
+from ..data.dataset import data_spec, load_dataset
+from ..utils import resolve_device
 from .checkpoint import environment, write_json
-from .evaluate import resolve_device
-from .experiment import ModelFactory, data_spec, run
+from .experiment import ModelFactory, run
 
-__all__ = ['grid_search', 'SearchResult', 'DEFAULT_GRID']
+__all__ = ['grid_search', 'SearchResult', 'default_grid']
 
 PathLike = Union[str, os.PathLike]
 
-#: The paper's grid.
-DEFAULT_GRID: Dict[str, List[float]] = {
-    'model.mmd_weight': [0.1, 0.15, 0.2],
-    'model.mmd_bandwidth': [1.0, 1.5, 2.0],
-}
-_FINAL = ('early_stopped', 'max_epochs')
+_FINAL = ('early_stopped', 'max_epochs', 'evaluated')
+
+
+def default_grid(config: Config) -> Dict[str, List[Any]]:
+    """The grid of the model ``config.model`` belongs to (its ``GRID``)."""
+    return {k: list(v) for k, v in type(config.model).GRID.items()}
 
 
 @dataclass
@@ -74,26 +78,30 @@ def grid_search(data: Optional[HeteroData], config: Config,
         data: the dataset (``None`` loads ``config.data``).
         config: the base configuration; ``config.train.seed`` seeds every point (999
             by default, as in the paper).
-        grid: dotted option names to lists of values (default :data:`DEFAULT_GRID`,
-            the paper's 3 x 3 MMD grid); the Cartesian product is searched.
+        grid: dotted option names to lists of values (default: the model's grid,
+            :func:`default_grid`; for MambaRec the paper's 3 x 3 MMD grid); the
+            Cartesian product is searched.
         output_dir: one sub-directory per point plus ``search.json``.
         resume: reuse finished points and continue unfinished ones.
         quiet: no progress bars inside the runs.
-        model_factory: ``factory(data, model_config)``; default MambaRec.
+        model_factory: ``factory(data, model_config)``; default: the registered
+            model ``config.model`` names.
 
     Returns:
         :class:`SearchResult`; ``search.json`` holds every point (values, valid and
         test metrics, best epoch, epochs, time), the selection, the base config,
         timings and environment.
     """
-    grid = dict(DEFAULT_GRID if grid is None else grid)
-    if not grid or any(len(v) == 0 for v in grid.values()):
+    grid = dict(default_grid(config) if grid is None else grid)
+    if not grid:
+        raise ConfigError(f'grid: model {type(config.model).name!r} has no grid; give '
+                          f'one with --grid OPTION=V1,V2')
+    if any(len(v) == 0 for v in grid.values()):
         raise ConfigError('grid: expected at least one option with at least one value')
     for key in grid:  # fail before any training on a misspelt option
         config.with_overrides({key: list(grid[key])[0]})
     if data is None:
-        from .experiment import load_data
-        data = load_data(config.data)
+        data = load_dataset(config.data)
     out = Path(output_dir) if output_dir is not None else None
     metric = config.train.valid_metric
     start = time.perf_counter()

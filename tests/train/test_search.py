@@ -5,7 +5,7 @@ import pytest
 
 from mambarec_pyg.config import Config, ConfigError, DataConfig, TrainConfig
 from mambarec_pyg.train import search as search_mod
-from mambarec_pyg.train.search import DEFAULT_GRID, grid_search
+from mambarec_pyg.train.search import default_grid, grid_search
 from mambarec_pyg.train.trainer import TrainResult
 
 
@@ -17,8 +17,8 @@ def _config(**train):
 
 
 def test_default_grid_is_the_papers():
-    assert DEFAULT_GRID == {'model.mmd_weight': [0.1, 0.15, 0.2],
-                            'model.mmd_bandwidth': [1.0, 1.5, 2.0]}
+    assert default_grid(Config()) == {'model.mmd_weight': [0.1, 0.15, 0.2],
+                                      'model.mmd_bandwidth': [1.0, 1.5, 2.0]}
     assert Config().train.seed == 999
 
 

@@ -7,8 +7,11 @@ import pytest
 import torch
 from torch_geometric.data import HeteroData
 
-from mambarec_pyg.train.evaluate import (Evaluator, Popularity, evaluate,
-                                         get_evaluator, recommend)
+from mambarec_pyg.data.index import training_index
+from mambarec_pyg.models import Popularity
+from mambarec_pyg.ranking import rank_items
+from mambarec_pyg.train.evaluate import (Evaluator, evaluate, get_evaluator,
+                                         per_user_metrics, recommend)
 
 UI = ('user', 'interacts', 'item')
 
@@ -110,7 +113,7 @@ def test_training_items_never_ranked_and_test_does_not_mask_valid():
     model = Fixed(scores, torch.eye(30))
     ev = Evaluator(data, ks=(5, ))
     users = torch.arange(40)
-    top, _ = ev.rank(model.u, model.i, users, 5)
+    top, _ = rank_items(model.u, model.i, users, 5, training_index(data).user_items)
     owned = set(map(tuple, train.t().tolist()))
     for u, row in zip(users.tolist(), top.tolist()):
         assert not any((u, i) in owned for i in row)
@@ -134,7 +137,7 @@ def test_popularity_ranks_by_training_count():
     u, i = pop(data)
     counts = torch.bincount(data[UI].edge_index[1], minlength=30).float()
     assert torch.equal((u @ i.t())[3], counts)
-    items, scores = recommend(pop, data, torch.arange(40), k=5)
+    items, scores = recommend(pop, torch.arange(40), k=5)
     train = data[UI].edge_index
     for user in range(40):
         own = set(train[1, train[0] == user].tolist())
@@ -172,7 +175,7 @@ def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match="split: expected 'valid' or 'test'"):
         evaluate(Fixed(torch.randn(40, 4), torch.randn(30, 4)), data, 'train')
     with pytest.raises(ValueError, match='user id 99'):
-        recommend(Fixed(torch.randn(40, 4), torch.randn(30, 4)), data, [0, 99])
+        recommend(Popularity(data), [0, 99])
 
 
 def test_k_larger_than_item_count():
@@ -195,3 +198,34 @@ def test_cuda_matches_cpu():
     gpu = evaluate(model.cuda(), data, 'valid')
     for k, v in cpu.items():
         assert gpu[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+
+
+def test_per_user_metrics_average_to_the_reported_ones():
+    data = _dataset()
+    torch.manual_seed(2)
+    model = Fixed(torch.randn(40, 6), torch.randn(30, 6))
+    ks = (5, 10, 20)
+    got = Evaluator(data, ks=ks)(model, 'test', per_user=True)
+    per = got['per_user']
+    users = sorted(set(data[UI].test_edge_label_index[0].tolist()))
+    assert per['users'].tolist() == users
+    want = _reference((model.u @ model.i.t()).detach().numpy(), data, 'test', ks)
+    for k in ks:
+        for m in ('recall', 'ndcg'):
+            values = per[f'{m}@{k}']
+            assert values.shape == (len(users), )
+            assert float(values.mean()) == pytest.approx(got[f'{m}@{k}'], rel=1e-6)
+            assert float(values.mean()) == pytest.approx(want[f'{m}@{k}'], rel=1e-6)
+
+
+def test_per_user_metrics_formulas_by_hand():
+    from mambarec_pyg.ranking import ItemLists
+    top = torch.tensor([[3, 1, 2], [0, 4, 5]])
+    truth = ItemLists(torch.tensor([0, 0, 1]), torch.tensor([1, 7, 9]), 2)
+    out = per_user_metrics(top, truth, (1, 3))
+    assert out['recall@1'].tolist() == [0.0, 0.0]
+    assert out['recall@3'].tolist() == [0.5, 0.0]
+    # user 0: a hit at rank 2 of 2 relevant: DCG 1/log2(3), IDCG 1 + 1/log2(3)
+    expected = (1 / math.log2(3)) / (1 + 1 / math.log2(3))
+    assert out['ndcg@3'][0].item() == pytest.approx(expected, rel=1e-12)
+    assert out['ndcg@3'][1].item() == 0.0

@@ -1,16 +1,16 @@
 """Trainer mechanics: protocol, determinism, checkpoints, resume, Ctrl-C, NaN.
 
-A small matrix-factorisation model with the MambaRec interface (forward / loss
-returning loss parts) keeps these tests fast; end-to-end runs with MambaRec itself are
-in test_train_acceptance.py.
+A small matrix-factorisation model registered from the tests (tests/support.py)
+keeps these tests fast; end-to-end runs with MambaRec itself are in
+test_acceptance.py.
 """
 import json
 import math
-from typing import NamedTuple
 
 import pytest
 import torch
-import torch.nn.functional as F
+
+from support import MF, MFConfig
 
 from mambarec_pyg.config import ConfigError, TrainConfig
 from mambarec_pyg.data import make_synthetic
@@ -20,54 +20,25 @@ from mambarec_pyg.train.trainer import Trainer, TrainingDivergedError, make_opti
 
 
 
-class Parts(NamedTuple):
-    total: torch.Tensor
-    bpr: torch.Tensor
-    reg: torch.Tensor
-    cl: torch.Tensor
-    mmd: torch.Tensor
-
-
-class MF(torch.nn.Module):
-    """BPR matrix factorisation with dropout (so the torch RNG matters)."""
-
-    def __init__(self, data, dim=16, dropout=0.1):
-        super().__init__()
-        self.dropout = dropout
-        self.user = torch.nn.Parameter(torch.empty(data['user'].num_nodes, dim))
-        self.item = torch.nn.Parameter(torch.empty(data['item'].num_nodes, dim))
-        torch.nn.init.xavier_uniform_(self.user)
-        torch.nn.init.xavier_uniform_(self.item)
-        self.cl_weights_seen = []
-
-    def forward(self, data=None):
-        return F.dropout(self.user, self.dropout, self.training), self.item
-
-    def loss(self, users, pos, neg, batch_size=None, cl_weight=None):
-        self.cl_weights_seen.append(cl_weight)
-        u, i = self()
-        eu, ep, en = u[users], i[pos], i[neg]
-        bpr = -F.logsigmoid((eu * ep).sum(-1) - (eu * en).sum(-1)).mean()
-        reg = 1e-4 * (eu.pow(2).sum() + ep.pow(2).sum() + en.pow(2).sum()) / 2 / (
-            batch_size or users.numel())
-        zero = bpr.new_zeros(())
-        return Parts(bpr + reg, bpr, reg, zero, zero)
-
-
 @pytest.fixture(scope='module')
 def data():
     return make_synthetic('tiny', seed=0)
 
 
 def _cfg(**kw):
-    base = dict(seed=3, device='cpu', batch_size=128, max_epochs=4, lr=1e-2)
+    base = dict(seed=3, device='cpu', batch_size=128, max_epochs=4, lr=1e-2,
+                checkpoint_interval_s=0.0)
     base.update(kw)
     return TrainConfig(**base)
 
 
+def _mf(data, dropout=0.1):
+    return MF(data, MFConfig(dropout=dropout))
+
+
 def _train(data, cfg, out=None, dropout=0.1, **kw):
     seed_everything(cfg.seed)
-    model = MF(data, dropout=dropout)
+    model = _mf(data, dropout=dropout)
     result = Trainer(model, data, cfg, out, quiet=True, **kw).fit()
     return model, result
 
@@ -76,7 +47,8 @@ def test_learns_and_reports_test_at_best_valid_epoch(data, tmp_path):
     model, result = _train(data, _cfg(max_epochs=6), tmp_path)
     assert result.epochs == 6 and result.status == 'max_epochs'
     hist = result.history
-    assert hist[-1]['bpr'] < hist[0]['bpr']
+    assert hist[-1]['loss']['bpr'] < hist[0]['loss']['bpr']
+    assert list(hist[0]['loss']) == ['total', 'bpr', 'reg']  # what the model returns
     valid = [h['valid']['recall@20'] for h in hist]
     assert result.best_epoch == max(range(6), key=lambda e: (valid[e], -e))
     assert result.test == hist[result.best_epoch]['test']
@@ -92,7 +64,8 @@ def test_learns_and_reports_test_at_best_valid_epoch(data, tmp_path):
     for name in ('best.pt', 'last.pt', 'train.log'):
         assert (tmp_path / name).is_file()
     ck = load_checkpoint(tmp_path / 'best.pt')
-    assert ck['epoch'] == result.best_epoch + 1
+    assert ck['epoch'] == result.best_epoch + 1 and ck['kind'] == 'best'
+    assert ck['model_name'] == 'test_mf' and 'optimizer' not in ck
 
 
 def test_learning_rate_schedule_continuous_exponent(data):
@@ -103,7 +76,7 @@ def test_learning_rate_schedule_continuous_exponent(data):
 
 
 def test_adam_fused_without_weight_decay(data):
-    opt = make_optimizer(MF(data).parameters(), 1e-3)
+    opt = make_optimizer(_mf(data).parameters(), 1e-3)
     assert isinstance(opt, torch.optim.Adam)
     assert opt.defaults['weight_decay'] == 0 and opt.defaults['lr'] == 1e-3
     assert opt.defaults['fused']
@@ -129,22 +102,33 @@ def test_early_stopping_patience_and_warmup(data):
     assert r.epochs == 5 + 3
 
 
-def test_cl_warmup_passes_zero_cl_weight(data):
+def test_on_epoch_start_is_called_and_logged(data):
     seed_everything(0)
-    model = MF(data)
-    cfg = _cfg(max_epochs=3, cl_warmup_epochs=2, batch_size=400)
-    result = Trainer(model, data, cfg, quiet=True).fit()
-    per_epoch = len(model.cl_weights_seen) // 3
-    assert per_epoch == 2
-    assert model.cl_weights_seen == [0.0] * 4 + [None] * 2
-    assert [h['cl_weight'] for h in result.history] == [0.0, 0.0, None]
+    model = _mf(data)
+    result = Trainer(model, data, _cfg(max_epochs=3), quiet=True).fit()
+    assert model.epochs_started == [0, 1, 2]
+    assert [h['started'] for h in result.history] == [0, 1, 2]
+
+
+def test_protocol_defaults_come_from_the_model(data):
+    # MF declares no protocol: MMRec's (no decay, no weight decay)
+    trainer = Trainer(_mf(data), data, _cfg())
+    assert trainer.config.lr_decay == 1.0 and trainer.config.weight_decay == 0.0
+    from mambarec_pyg.models import MambaRec
+    mamba = MambaRec(data)
+    assert Trainer(mamba, data, _cfg()).config.lr_decay == 0.96
+    # an explicit value wins
+    assert Trainer(mamba, data, _cfg(lr_decay=0.5)).config.lr_decay == 0.5
+    trainer = Trainer(_mf(data), data, _cfg(weight_decay=1e-3))
+    trainer._setup()
+    assert trainer.optimizer.defaults['weight_decay'] == 1e-3
 
 
 def test_resume_gives_exactly_the_uninterrupted_run(data, tmp_path):
     straight_model, straight = _train(data, _cfg(max_epochs=5), tmp_path / 'a')
     _train(data, _cfg(max_epochs=2), tmp_path / 'b')
     seed_everything(12345)  # a different global state must not matter
-    resumed_model = MF(data)
+    resumed_model = _mf(data)
     resumed = Trainer(resumed_model, data, _cfg(max_epochs=5), tmp_path / 'b',
                       resume=True, quiet=True).fit()
     assert resumed.epochs == 5
@@ -159,14 +143,15 @@ def test_resume_gives_exactly_the_uninterrupted_run(data, tmp_path):
 
 def test_resume_rejects_a_different_protocol(data, tmp_path):
     _train(data, _cfg(max_epochs=1), tmp_path)
-    with pytest.raises(ConfigError, match='batch_size: 128 -> 64'):
-        Trainer(MF(data), data, _cfg(batch_size=64), tmp_path, resume=True,
+    with pytest.raises(ConfigError, match='train.batch_size: 128 in the checkpoint, '
+                       '64 now'):
+        Trainer(_mf(data), data, _cfg(batch_size=64), tmp_path, resume=True,
                 quiet=True).fit()
 
 
 def test_ctrl_c_stops_cleanly_keeps_best_and_resumes_exactly(data, tmp_path):
     seed_everything(3)
-    model = MF(data)
+    model = _mf(data)
     calls = {'n': 0}
     original = model.loss
 
@@ -187,7 +172,7 @@ def test_ctrl_c_stops_cleanly_keeps_best_and_resumes_exactly(data, tmp_path):
     assert evaluate(model, data, 'test')['recall@20'] == pytest.approx(
         r.test['recall@20'])
     # resuming completes exactly like an uninterrupted run
-    resumed = Trainer(MF(data), data, _cfg(max_epochs=5), tmp_path / 'run',
+    resumed = Trainer(_mf(data), data, _cfg(max_epochs=5), tmp_path / 'run',
                       resume=True, quiet=True).fit()
     _, straight = _train(data, _cfg(max_epochs=5))
     assert resumed.test == straight.test
@@ -222,7 +207,7 @@ def test_sigterm_stops_like_ctrl_c(data, tmp_path):
 
 def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(data, tmp_path):
     seed_everything(3)
-    model = MF(data)
+    model = _mf(data)
     original = model.loss
     calls = {'n': 0}
 
@@ -230,8 +215,8 @@ def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(data, tmp_path):
         calls['n'] += 1
         parts = original(*args, **kw)
         if calls['n'] == 7 + 4:  # epoch 1, batch 4
-            nan = parts.bpr * math.nan
-            return parts._replace(total=nan, bpr=nan)
+            nan = parts['bpr'] * math.nan
+            return dict(parts, total=nan, bpr=nan)
         return parts
 
     model.loss = loss
@@ -250,7 +235,7 @@ def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(data, tmp_path):
 
 def test_quiet_false_prints_epoch_lines(data, capsys):
     seed_everything(0)
-    Trainer(MF(data), data, _cfg(max_epochs=1), quiet=False).fit()
+    Trainer(_mf(data), data, _cfg(max_epochs=1), quiet=False).fit()
     err = capsys.readouterr()
     text = err.out + err.err
     assert 'epoch    0' in text and 'bpr' in text and 'valid recall@20' in text
@@ -263,7 +248,7 @@ def test_cuda_training_matches_cpu(data):
     _, cpu = _train(data, _cfg(max_epochs=2), dropout=0.0)
     _, gpu = _train(data, _cfg(max_epochs=2, device='cuda'), dropout=0.0)
     for h_cpu, h_gpu in zip(cpu.history, gpu.history):
-        assert h_gpu['bpr'] == pytest.approx(h_cpu['bpr'], rel=1e-4)
+        assert h_gpu['loss']['bpr'] == pytest.approx(h_cpu['loss']['bpr'], rel=1e-4)
         for k, v in h_cpu['valid'].items():
             assert h_gpu['valid'][k] == pytest.approx(v, abs=0.02), k
 

@@ -72,7 +72,7 @@ def test_item_item_graph_matches_numpy(tmp_path):
     x[4] = 0.0            # an all-zero row
     x[7] = x[2] * 3.0     # same direction as row 2: a tie in every other row
     for k in (1, 3, 12):
-        S = item_item_graph(torch.tensor(x), k, cache_dir=False, layout='csr')
+        S = item_item_graph(torch.tensor(x), k, layout='csr')
         got = _dense(S)
         np.testing.assert_allclose(got, _numpy_knn(x, k), rtol=1e-12, atol=1e-15)
         assert np.isfinite(got).all()
@@ -84,8 +84,8 @@ def test_item_item_graph_matches_numpy(tmp_path):
 def test_item_item_graph_chunking_and_ties_are_deterministic():
     x = torch.tensor(np.random.default_rng(2).normal(size=(30, 5)))
     x[10:15] = x[3]  # six identical rows: many exact ties
-    a = _dense(item_item_graph(x, 4, cache_dir=False))
-    b = _dense(item_item_graph(x, 4, cache_dir=False, chunk_size=7))
+    a = _dense(item_item_graph(x, 4))
+    b = _dense(item_item_graph(x, 4, chunk_size=7))
     np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
     np.testing.assert_array_equal(a != 0, b != 0)
     # Among the identical rows the lowest ids are kept.
@@ -97,7 +97,7 @@ def test_item_item_graph_float32_like_released(released_tiny_dir):
     outputs = np.load(released_tiny_dir / 'outputs.npz')
     for m in ('image', 'text'):
         x = torch.from_numpy(np.load(released_tiny_dir / 'tiny' / f'{m}_feat.npy'))
-        S = item_item_graph(x, 10, cache_dir=False, dtype=torch.float64, layout='csr')
+        S = item_item_graph(x, 10, dtype=torch.float64, layout='csr')
         expected = outputs[f'{m}_item_graph']
         np.testing.assert_array_equal(_dense(S) != 0, expected != 0)
         np.testing.assert_allclose(_dense(S), expected, rtol=1e-6, atol=1e-7)
@@ -113,37 +113,35 @@ def test_normalized_adjacency_like_released(released_tiny_dir):
     np.testing.assert_allclose(_dense(g.r_hat), outputs['R_hat'], rtol=1e-6, atol=1e-8)
 
 
-def test_item_item_graph_cache_never_stale(tmp_path):
-    x = torch.rand(20, 8)
-    a = item_item_graph(x, 3, cache_dir=tmp_path)
-    files = sorted(tmp_path.glob('knn-*.pt'))
-    assert len(files) == 1
-    # The cached file is what a second call returns.
-    stamp = files[0].stat().st_mtime_ns
-    b = item_item_graph(x, 3, cache_dir=tmp_path)
-    assert files[0].stat().st_mtime_ns == stamp
-    np.testing.assert_array_equal(_dense(a), _dense(b))
-    # One changed value gives a new key and a new graph.
-    y = x.clone()
-    y[5, 2] += 1.0
-    c = item_item_graph(y, 3, cache_dir=tmp_path)
-    assert len(list(tmp_path.glob('knn-*.pt'))) == 2
-    np.testing.assert_allclose(_dense(c), _dense(item_item_graph(y, 3, cache_dir=False)))
-    assert not np.array_equal(_dense(c), _dense(a))
-    # So does another k, and the same values in another dtype.
-    item_item_graph(x, 4, cache_dir=tmp_path)
-    item_item_graph(x.double(), 3, cache_dir=tmp_path)
-    assert len(list(tmp_path.glob('knn-*.pt'))) == 4
-    assert not list(tmp_path.glob('*.tmp'))
+def test_binary_item_item_graph_matches_numpy():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(15, 4))
+    k = 4
+    S = _dense(item_item_graph(torch.tensor(x), k, weighting='binary', layout='csr'))
+    # every kept entry is 1/k (FREEDOM's rule), on the same neighbours as the
+    # similarity-weighted graph
+    W = _numpy_knn(x, k)
+    np.testing.assert_array_equal(S != 0, W != 0)
+    np.testing.assert_allclose(S[S != 0], 1.0 / k, rtol=1e-14)
+
+
+def test_user_item_weights_split_repeats():
+    from mambarec_pyg.data.graphs import user_item_weights
+    edge_index = torch.tensor([[0, 0, 1, 0], [0, 1, 1, 0]])  # (0, 0) twice
+    w = user_item_weights(edge_index, 2, 2).numpy()
+    # distinct degrees: user 0 -> 2 items, user 1 -> 1; item 0 -> 1 user, item 1 -> 2
+    expected = np.array([1 / np.sqrt(2 * 1) / 2, 1 / np.sqrt(2 * 2), 1 / np.sqrt(1 * 2),
+                         1 / np.sqrt(2 * 1) / 2])
+    np.testing.assert_allclose(w, expected, rtol=1e-14)
 
 
 def test_item_item_graph_rejects_bad_input():
     with pytest.raises(DataError, match='row 2 has a non-finite'):
         x = torch.rand(4, 3)
         x[2, 1] = float('nan')
-        item_item_graph(x, 2, cache_dir=False)
+        item_item_graph(x, 2)
     with pytest.raises(DataError, match='1 <= k <= N = 4'):
-        item_item_graph(torch.rand(4, 3), 5, cache_dir=False)
+        item_item_graph(torch.rand(4, 3), 5)
 
 
 def test_to_sparse_layouts():

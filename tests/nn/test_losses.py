@@ -302,8 +302,9 @@ def test_losses_on_cuda_match_cpu(bw):
     y = torch.randn(200, 16, dtype=torch.float64, generator=g) + 0.2
     results = []
     for device in ('cpu', 'cuda'):
-        a = x.to(device).requires_grad_()
-        b = y.to(device).requires_grad_()
+        # fresh leaves on each device (x.to('cpu') would return x itself)
+        a = x.detach().clone().to(device).requires_grad_()
+        b = y.detach().clone().to(device).requires_grad_()
         value = mmd_loss(a, b, bw, chunk_size=128) + info_nce(a[:200], b, 0.2)
         value.backward()
         results.append((value.item(), a.grad.cpu(), b.grad.cpu()))

@@ -125,7 +125,7 @@ def test_user_owning_every_training_item_is_a_clear_error():
         TrainingPairs(ei, 5)
     with pytest.raises(NegativeSamplingError, match='no training interactions'):
         TrainingPairs(torch.empty(2, 0, dtype=torch.long), 5)
-    with pytest.raises(ValueError, match=r'item ids must lie in \[0, 2\)'):
+    with pytest.raises(ValueError, match=r'item id 3, expected 0 <= id < 2'):
         TrainingPairs(torch.tensor([[0], [3]]), 2)
 
 
@@ -137,3 +137,45 @@ def test_duplicates_are_separate_pairs():
     u, p, n = pairs.sample_epoch(g)
     assert sorted(zip(u.tolist(), p.tolist())) == [(0, 1), (0, 1), (1, 2)]
     assert not pairs.is_training_pair(u, n).any()
+
+
+def test_same_distribution_as_pyg_structured_negative_sampling_on_a_common_pool():
+    """Where every item occurs in training, PyG's sampler and this one draw from the
+    same distribution: uniform over the items the user has not interacted with."""
+    from torch_geometric.utils import structured_negative_sampling
+    g = np.random.default_rng(4)
+    rows, cols = [], []
+    for u in range(30):
+        items = g.choice(20, size=int(g.integers(2, 8)), replace=False)
+        rows += [u] * len(items)
+        cols += items.tolist()
+    cols[:20] = list(range(20))  # every item occurs in training: the pools agree
+    ei = torch.tensor([rows, cols])
+    pairs = TrainingPairs(ei, num_items=20)
+    assert pairs.candidates.tolist() == list(range(20))
+    gen = torch.Generator().manual_seed(0)
+    ours, theirs = [], []
+    torch.manual_seed(0)
+    for _ in range(60):
+        ours.append(pairs.sample_negatives(ei[0], gen))
+        _, _, k = structured_negative_sampling(ei, num_nodes=20,
+                                               contains_neg_self_loops=True)
+        theirs.append(k)
+    ours, theirs = torch.cat(ours), torch.cat(theirs)
+    users = ei[0].repeat(60)
+    train = set(map(tuple, ei.t().tolist()))
+    for neg in (ours, theirs):
+        assert not any((u, j) in train for u, j in zip(users.tolist(), neg.tolist()))
+    # the (user, item) pair counts of both samplers: one contingency table
+    key = lambda neg: (users * 20 + neg).numpy()
+    cells = np.union1d(key(ours), key(theirs))
+    table = np.stack([np.searchsorted(cells, key(x)) for x in (ours, theirs)])
+    counts = np.stack([np.bincount(t, minlength=cells.size) for t in table])
+    _, p, _, _ = stats.chi2_contingency(counts)
+    assert p > 0.01, p
+    # the same test tells apart a sampler that never draws item 0 (the power check)
+    shifted = np.where(ours.numpy() == 0, 1, ours.numpy())
+    marginals = np.stack([np.bincount(theirs.numpy(), minlength=20),
+                          np.bincount(shifted, minlength=20)])
+    _, p_biased, _, _ = stats.chi2_contingency(marginals)
+    assert p_biased < 1e-6

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch_geometric.data import HeteroData
 
 from mambarec_pyg.config import ConfigError, MambaRecConfig
+from mambarec_pyg.data.sampling import BPRBatch
 from mambarec_pyg.models.mambarec import LossParts, MambaRec
 from mambarec_pyg.train.trainer import make_optimizer
 from mambarec_pyg.nn.losses import mmd_loss
@@ -61,6 +62,10 @@ def _batch(data, size=48, seed=0):
     return edge_index[0, idx], edge_index[1, idx], neg
 
 
+def _loss(model, users, pos, neg, size=None):
+    return model.loss(BPRBatch(users, pos, neg, size))
+
+
 def _model(data, seed=0, dtype=torch.float64, **kw) -> MambaRec:
     torch.manual_seed(seed)
     default = torch.get_default_dtype()
@@ -95,12 +100,12 @@ def test_fusion_matches_numpy(which, request):
         def sigmoid(x):
             return 1 / (1 + np.exp(-x))
 
-        q = np.stack([lin(model.query[2], np.tanh(lin(model.query[0], z)))[:, 0]
+        q = np.stack([lin(model.fusion.query[2], np.tanh(lin(model.fusion.query[0], z)))[:, 0]
                       for z in views], axis=1)                         # [R, M]
         a = np.exp(q - q.max(1, keepdims=True))
         a /= a.sum(1, keepdims=True)
         common = sum(a[:, [m]] * views[m] for m in range(M))
-        seps = [sigmoid(lin(model.preference_gates[name], content)) * (views[m] - common)
+        seps = [sigmoid(lin(model.fusion.preference_gates[name], content)) * (views[m] - common)
                 for m, name in enumerate(model.modalities)]
         expected = (sum(seps) + common) / (M + 1)
     np.testing.assert_allclose(side.numpy(), expected, rtol=1e-12, atol=1e-14)
@@ -111,7 +116,7 @@ def test_loss_parts_match_plain_computation(data):
                    mmd_bandwidth=(1.0, 2.0)).train()
     users, pos, neg = _batch(data)
     snapshot = copy.deepcopy(model)
-    parts = model.loss(users, pos, neg, batch_size=64)
+    parts = _loss(model, users, pos, neg, 64)
     out = snapshot.encode()  # the same train-mode forward
     U = model.num_users
     e_u, e_i, e_j = out.user[users], out.item[pos], out.item[neg]
@@ -132,31 +137,33 @@ def test_loss_parts_match_plain_computation(data):
         return sum(torch.exp(-d2 / (2 * s * s)) for s in (1.0, 2.0))
 
     mmd = kern(gv, gv).mean() + kern(gt, gt).mean() - 2 * kern(gv, gt).mean()
-    expected = LossParts(bpr + reg + 0.3 * cl + 0.4 * mmd, bpr, reg, cl, mmd)
-    for name in LossParts._fields:
-        torch.testing.assert_close(getattr(parts, name), getattr(expected, name),
-                                   rtol=1e-10, atol=1e-12, msg=name)
+    expected = dict(zip(LossParts, (bpr + reg + 0.3 * cl + 0.4 * mmd, bpr, reg, cl,
+                                    mmd)))
+    assert list(parts) == list(LossParts)
+    for name in LossParts:
+        torch.testing.assert_close(parts[name], expected[name], rtol=1e-10, atol=1e-12,
+                                   msg=name)
 
 
 def test_three_modalities_mmd_is_mean_over_pairs(data3):
     model = _model(data3, dropout=0.0).train()
     users, pos, neg = _batch(data3)
     snapshot = copy.deepcopy(model)
-    parts = model.loss(users, pos, neg)
+    parts = _loss(model, users, pos, neg)
     g = snapshot.encode().alignment
     pairs = list(itertools.combinations(model.modalities, 2))
     expected = sum(mmd_loss(F.normalize(g[a][pos], dim=1), F.normalize(g[b][pos], dim=1),
                             1.5) for a, b in pairs) / len(pairs)
-    torch.testing.assert_close(parts.mmd, expected)
+    torch.testing.assert_close(parts['mmd'], expected)
 
 
 # ---------------------------------------------------------------------------------
 # Fast paths against plain paths
 # ---------------------------------------------------------------------------------
 def _loss_and_grads(model, batch):
-    parts = model.loss(*batch)
+    parts = _loss(model, *batch)
     model.zero_grad()
-    parts.total.backward()
+    parts['total'].backward()
     return parts, {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
@@ -170,8 +177,10 @@ def test_fast_paths_match_plain_paths(data, option, variant):
     plain.load_state_dict(fast.state_dict())
     parts_fast, grads_fast = _loss_and_grads(fast, batch)
     parts_plain, grads_plain = _loss_and_grads(plain, batch)
-    for a, b in zip(parts_fast, parts_plain):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
+    assert parts_fast.keys() == parts_plain.keys()
+    for key in parts_fast:
+        torch.testing.assert_close(parts_fast[key], parts_plain[key], rtol=1e-10,
+                                   atol=1e-13)
     for name in grads_fast:
         torch.testing.assert_close(grads_fast[name], grads_plain[name], rtol=1e-8,
                                    atol=1e-13, msg=name)
@@ -191,7 +200,7 @@ def _bn_state(model):
 def test_batchnorm_statistics_as_with_released_second_pass(data, global_alignment):
     model = _model(data, dropout=0.0, global_alignment=global_alignment).train()
     released = copy.deepcopy(model)
-    model.loss(*_batch(data))
+    _loss(model, *_batch(data))
     # The released loss: one forward pass, then (for the MMD term) every DREAM again.
     released.encode()
     if global_alignment:
@@ -220,7 +229,7 @@ def test_forward_updates_batchnorm_once(data):
 # ---------------------------------------------------------------------------------
 def test_gradients_reach_every_parameter(data):
     model = _model(data).train()
-    model.loss(*_batch(data)).total.backward()
+    _loss(model, *_batch(data))['total'].backward()
     for name, p in model.named_parameters():
         assert p.grad is not None, name
         assert torch.isfinite(p.grad).all(), name
@@ -244,7 +253,7 @@ def test_frozen_features_are_buffers(data):
     assert not any(n.startswith('features.') for n in names)
     assert 'features.image' in dict(model.named_buffers())
     assert not model.features['image'].requires_grad
-    model.loss(*_batch(data)).total.backward()
+    _loss(model, *_batch(data))['total'].backward()
     assert model.features['image'].grad is None
     assert names['projections.image.reduce.weight'].grad is not None
     # Same function as the trainable tables.
@@ -257,16 +266,23 @@ def test_switches(data):
     batch = _batch(data)
     model = _model(data, local_alignment=False)
     assert model.dreams is None
-    parts = model.train().loss(*batch)
-    assert parts.mmd > 0 and parts.cl > 0
+    parts = _loss(model.train(), *batch)
+    assert parts['mmd'] > 0 and parts['cl'] > 0
     model = _model(data, global_alignment=False).train()
-    parts = model.loss(*batch)
-    assert parts.cl == 0 and parts.mmd == 0
-    torch.testing.assert_close(parts.total, parts.bpr + parts.reg)
-    model = _model(data, dropout=0.0).train()
-    parts = model.loss(*batch, cl_weight=0.0)
-    torch.testing.assert_close(parts.total, parts.bpr + parts.reg + 0.15 * parts.mmd)
-    assert parts.cl > 0  # still reported
+    parts = _loss(model, *batch)
+    assert parts['cl'] == 0 and parts['mmd'] == 0
+    torch.testing.assert_close(parts['total'], parts['bpr'] + parts['reg'])
+    # the InfoNCE warm-up: weight 0 during the first epochs, then the configured one
+    model = _model(data, dropout=0.0, cl_warmup_epochs=2).train()
+    assert model.on_epoch_start(0) == {'cl_weight': 0.0}
+    parts = _loss(model, *batch)
+    torch.testing.assert_close(parts['total'], parts['bpr'] + parts['reg'] +
+                               0.15 * parts['mmd'])
+    assert parts['cl'] > 0 and not parts['cl'].requires_grad  # still reported
+    assert model.on_epoch_start(2) == {'cl_weight': 0.01}
+    parts = _loss(model, *batch)
+    torch.testing.assert_close(parts['total'], parts['bpr'] + parts['reg'] +
+                               0.01 * parts['cl'] + 0.15 * parts['mmd'])
     # reduced_modalities: text reduced too, image not.
     model = _model(data, reduced_modalities=('text', ))
     assert model.projections['image'].reduce is None
@@ -296,15 +312,15 @@ def test_paper_variant_shapes_and_training_step(data):
     user, item = model()
     assert user.shape == (data['user'].num_nodes, 64)
     assert item.shape == (data['item'].num_nodes, 64)
-    parts = model.loss(*_batch(data))
-    parts.total.backward()
+    parts = _loss(model, *_batch(data))
+    parts['total'].backward()
     assert all(p.grad is not None for p in model.parameters())
     # InfoNCE pairs the two modalities' DREAM outputs of the batch positives.
-    assert parts.cl > 0 and parts.mmd > 0
+    assert parts['cl'] > 0 and parts['mmd'] > 0
     no_la = _model(data, variant='paper', local_alignment=False)
     assert no_la.projections['image'].hidden_features == d_prime
     assert no_la.projections['image'].out_features == 64
-    no_la.train().loss(*_batch(data)).total.backward()
+    _loss(no_la.train(), *_batch(data))['total'].backward()
 
 
 def test_all_zero_feature_rows_give_no_nan(data):
@@ -315,9 +331,9 @@ def test_all_zero_feature_rows_give_no_nan(data):
     model = _model(zero, dtype=torch.float32).train()
     users, pos, _ = _batch(zero)
     neg = torch.arange(users.numel()) % 9  # negatives among the zero rows
-    parts = model.loss(users, pos, neg)
-    parts.total.backward()
-    assert all(torch.isfinite(t) for t in parts)
+    parts = _loss(model, users, pos, neg)
+    parts['total'].backward()
+    assert all(torch.isfinite(t) for t in parts.values())
     for name, p in model.named_parameters():
         assert torch.isfinite(p.grad).all(), name
     model.eval()
@@ -337,12 +353,11 @@ def _train(data, steps=25, seed=0, **kw):
     for _ in range(steps):
         perm = torch.randperm(edge_index.size(1), generator=g)[:256]
         neg = torch.randint(0, data['item'].num_nodes, (256, ), generator=g)
-        parts = model.loss(edge_index[0, perm], edge_index[1, perm], neg,
-                           batch_size=256)
+        parts = _loss(model, edge_index[0, perm], edge_index[1, perm], neg, 256)
         opt.zero_grad()
-        parts.total.backward()
+        parts['total'].backward()
         opt.step()
-        losses.append(parts.bpr.item())
+        losses.append(parts['bpr'].item())
     return losses
 
 
@@ -382,8 +397,19 @@ def test_recommend_excludes_training_items(data):
         scores[list(seen)] = -float('inf')
         expected = scores.topk(10).indices
         torch.testing.assert_close(scores[row], scores[expected])
-    with pytest.raises(ValueError, match='k <='):
-        model.recommend(users, data['item'].num_nodes + 1)
+    # k beyond the candidates: every unseen item, then -1, never a training item
+    N = data['item'].num_nodes
+    top, scores = model.recommend(users, N + 5, return_scores=True)
+    assert top.shape == (4, N)
+    for row, score, u in zip(top, scores, users):
+        seen = set(edge_index[1, edge_index[0] == u].tolist())
+        valid = row[row >= 0].tolist()
+        assert len(valid) == N - len(seen) and not seen & set(valid)
+        assert torch.isinf(score[row < 0]).all()
+    with pytest.raises(ValueError, match='k >= 1'):
+        model.recommend(users, 0)
+    with pytest.raises(ValueError, match='user id 999'):
+        model.recommend([999], 3)
 
 
 # ---------------------------------------------------------------------------------
@@ -392,7 +418,7 @@ def test_recommend_excludes_training_items(data):
 def test_load_released_state_dict_names_every_bad_entry(released_tiny_dir):
     from mambarec_pyg.data import load_mmrec
     data = load_mmrec(released_tiny_dir, 'tiny')
-    model = MambaRec(data, MambaRecConfig(), cache_dir=False)
+    model = MambaRec(data, MambaRecConfig())
     weights = dict(np.load(released_tiny_dir / 'weights.npz'))
     bad = dict(weights)
     del bad['gate_v.0.bias']
@@ -412,7 +438,7 @@ def test_load_released_state_dict_names_every_bad_entry(released_tiny_dir):
     model.load_released_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
     np.testing.assert_array_equal(model.item_embedding.weight.detach().numpy(),
                                   weights['item_id_embedding.weight'].astype(np.float32))
-    paper = MambaRec(data, MambaRecConfig(variant='paper'), cache_dir=False)
+    paper = MambaRec(data, MambaRecConfig(variant='paper'))
     with pytest.raises(ValueError, match='reference-variant'):
         paper.load_released_state_dict(weights)
 

@@ -1,0 +1,265 @@
+r"""Graphs on the data: PyG transforms that add the derived graphs as edge types.
+
+Every model that propagates on a graph finds it on the
+:class:`~torch_geometric.data.HeteroData`, where it can be inspected, saved, swapped
+or shared between models:
+
+* :class:`UserItemNorm` -- the LightGCN weights :math:`1/\sqrt{d_u d_i}` of the
+  training edges, as ``data['user', 'interacts', 'item'].edge_weight`` (the
+  normalised user-item graph of LightGCN, MGCN, FREEDOM, BM3, LGMRec, SLMRec and
+  MambaRec);
+* :class:`ItemKNN` -- per modality, the normalised k-nearest-neighbour item-item
+  graph of the raw features, as the edge type ``('item', knn_relation(m, k,
+  weighting), 'item')`` with ``edge_index`` (neighbour -> item) and ``edge_weight``.
+  The weighting rule is a parameter: cosine-similarity weights (MambaRec, MGCN) or
+  binary ones (FREEDOM).
+
+A transform returns a shallow copy of the data with the new edge types (the input is
+not modified) and does nothing when they are already there. Weights are stored in
+float64, as computed (each model casts them to its own dtype), so a float64 model
+propagates on exactly the graph the formulas define.
+
+:func:`apply_transforms` caches what the transforms compute the way a PyG dataset
+caches its processed files: in the dataset's ``processed/`` directory, one file per
+transform, keyed by the sha256 of the transform's arguments and of the content of the
+tensors it reads (features, training edges). A changed feature file therefore never
+reuses a stale graph. Files are written atomically and read with
+``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import warnings
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+from torch_geometric.transforms import BaseTransform
+
+from ..io import atomic_path
+from ..utils import cached_on, tensor_fingerprint
+from .errors import DataError
+from .graphs import WEIGHTINGS, knn_edges, user_item_weights
+from .index import UI
+
+__all__ = ['GraphTransform', 'UserItemNorm', 'ItemKNN', 'apply_transforms',
+           'knn_relation', 'content_hash']
+
+EdgeType = Tuple[str, str, str]
+PathLike = Union[str, os.PathLike]
+
+# Bumped whenever a graph construction changes, so old processed files are not reused.
+_VERSION = 2
+
+
+def knn_relation(modality: str, k: int = 10, weighting: str = 'similarity') -> str:
+    """The relation name of a kNN graph: ``knn10_image``, ``knn10_text_binary``."""
+    return f'knn{k}_{modality}' + ('' if weighting == 'similarity' else f'_{weighting}')
+
+
+def content_hash(t: Tensor) -> str:
+    """sha256 of a tensor's dtype, shape and bytes (memoised while unchanged)."""
+    def build() -> str:
+        h = hashlib.sha256(f'{t.dtype}|{tuple(t.shape)}|'.encode())
+        x = t.detach().to('cpu').contiguous()
+        h.update(memoryview(x.view(torch.uint8).reshape(-1).numpy()))
+        return h.hexdigest()
+    return cached_on(t, 'sha256', build, tensor_fingerprint(t))
+
+
+class GraphTransform(BaseTransform):
+    """A transform that stores derived graphs on the data.
+
+    Subclasses implement :meth:`outputs` (what they write, as ``(edge type,
+    attribute)`` pairs), :meth:`inputs` (the tensors the result depends on, for the
+    cache key) and :meth:`compute` (the new attributes).
+    """
+
+    def outputs(self, data) -> List[Tuple[EdgeType, str]]:
+        raise NotImplementedError
+
+    def inputs(self, data) -> List[Tensor]:
+        raise NotImplementedError
+
+    def compute(self, data) -> Dict[EdgeType, Dict[str, Tensor]]:
+        raise NotImplementedError
+
+    def present(self, data) -> bool:
+        """Whether every output is already on the data."""
+        for edge_type, attr in self.outputs(data):
+            if edge_type not in data.edge_types or attr not in data[edge_type]:
+                return False
+        return True
+
+    def cache_key(self, data) -> str:
+        h = hashlib.sha256(f'v{_VERSION}|{self!r}|'.encode())
+        for t in self.inputs(data):
+            h.update(content_hash(t).encode())
+        return h.hexdigest()
+
+    def forward(self, data):
+        # (BaseTransform.__call__ has made a shallow copy already.)
+        if self.present(data):
+            return data
+        return attach(data, self.compute(data), copy_data=False)
+
+
+def attach(data, graphs: Dict[EdgeType, Dict[str, Tensor]], copy_data: bool = True):
+    """``data`` (a shallow copy unless ``copy_data=False``) with the attributes
+    ``graphs`` added."""
+    out = copy.copy(data) if copy_data else data
+    for edge_type, attrs in graphs.items():
+        store = out[edge_type]
+        for name, value in attrs.items():
+            store[name] = value
+    return out
+
+
+class UserItemNorm(GraphTransform):
+    r"""The LightGCN-normalised user-item graph as weights of the training edges.
+
+    Stores ``data['user', 'interacts', 'item'].edge_weight`` :math:`= 1/\sqrt{d_u d_i}`
+    (degrees over distinct training pairs; :func:`~.graphs.user_item_weights`), so
+    :math:`\hat{\mathbf{R}}` and the symmetric adjacency
+    :math:`\mathbf{D}^{-1/2}\mathbf{A}\mathbf{D}^{-1/2}` are the training edges with
+    these weights (:func:`~.graphs.normalized_adjacency`). MMRec's models add 1e-7 (or
+    1e-8) to the degrees, MGCN's and MambaRec's nothing: for degrees of at least 1
+    the difference is below float32 resolution, so one rule serves all.
+    """
+
+    def outputs(self, data):
+        return [(UI, 'edge_weight')]
+
+    def inputs(self, data):
+        return [data[UI].edge_index]
+
+    def present(self, data) -> bool:
+        if not super().present(data):
+            return False
+        store = data[UI]
+        return store.edge_weight.numel() == store.edge_index.size(1)
+
+    def compute(self, data):
+        store = data[UI]
+        w = user_item_weights(store.edge_index, int(data['user'].num_nodes),
+                              int(data['item'].num_nodes))
+        return {UI: {'edge_weight': w}}
+
+    def __repr__(self) -> str:
+        return 'UserItemNorm()'
+
+
+class ItemKNN(GraphTransform):
+    r"""Per modality, the normalised kNN item-item graph of the raw features
+    (:func:`~mambarec_pyg.data.graphs.item_item_graph` gives the definition).
+
+    Stores ``data['item', knn_relation(m, k, weighting), 'item']`` with
+    ``edge_index`` ``[2, N k]`` (row 0 the neighbour :math:`j`, row 1 the item
+    :math:`i` that aggregates it) and ``edge_weight`` :math:`\mathbf{S}_{ij}`.
+
+    Args:
+        k (int): neighbours per item, itself included. (default: ``10``)
+        weighting (str): ``'similarity'`` (MambaRec, MGCN) or ``'binary'``
+            (FREEDOM). (default: ``'similarity'``)
+        modalities (sequence of str, optional): which modalities (default: all of
+            ``data.modalities``).
+    """
+
+    def __init__(self, k: int = 10, weighting: str = 'similarity',
+                 modalities: Optional[Sequence[str]] = None) -> None:
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"ItemKNN: weighting: expected one of "
+                             f"{', '.join(map(repr, WEIGHTINGS))}, got {weighting!r}")
+        self.k = int(k)
+        self.weighting = weighting
+        self.modalities = None if modalities is None else tuple(modalities)
+
+    def _modalities(self, data) -> Tuple[str, ...]:
+        available = tuple(getattr(data, 'modalities', None) or ())
+        if self.modalities is None:
+            return available
+        missing = [m for m in self.modalities if m not in available]
+        if missing:
+            raise DataError(f'ItemKNN: modality {missing[0]!r} is not on the data '
+                            f'(available: {", ".join(available) or "none"})')
+        return self.modalities
+
+    def relation(self, modality: str) -> str:
+        return knn_relation(modality, self.k, self.weighting)
+
+    def edge_type(self, modality: str) -> EdgeType:
+        return ('item', self.relation(modality), 'item')
+
+    def outputs(self, data):
+        return [(self.edge_type(m), a) for m in self._modalities(data)
+                for a in ('edge_index', 'edge_weight')]
+
+    def inputs(self, data):
+        return [data['item'][m] for m in self._modalities(data)]
+
+    def compute(self, data):
+        out = {}
+        for m in self._modalities(data):
+            edge_index, weight = knn_edges(data['item'][m], self.k, self.weighting)
+            out[self.edge_type(m)] = {'edge_index': edge_index,
+                                      'edge_weight': weight}
+        return out
+
+    def __repr__(self) -> str:
+        mods = '' if self.modalities is None else f', modalities={self.modalities}'
+        return f'ItemKNN(k={self.k}, weighting={self.weighting!r}{mods})'
+
+
+def apply_transforms(data, transforms: Sequence[GraphTransform],
+                     processed_dir: Optional[PathLike] = None):
+    """Apply ``transforms`` in order, each only where its outputs are missing.
+
+    With ``processed_dir`` (default: ``data.processed_dir`` when the loader set it),
+    each transform's result is read from / written to
+    ``processed_dir/<Transform>-<key>.pt`` (:meth:`GraphTransform.cache_key`: its
+    arguments and the content of its inputs). A directory that cannot be written
+    gives a warning and the graphs are computed in memory.
+    """
+    if processed_dir is None:
+        processed_dir = getattr(data, 'processed_dir', None)
+    for t in transforms:
+        if t.present(data):
+            continue
+        if processed_dir is None:
+            data = t(data)
+            continue
+        path = Path(processed_dir) / f'{type(t).__name__}-{t.cache_key(data)[:40]}.pt'
+        graphs = _read(path, t.outputs(data))
+        if graphs is None:
+            graphs = t.compute(data)
+            _write(path, graphs, repr(t))
+        data = attach(data, graphs)
+    return data
+
+
+def _read(path: Path, outputs) -> Optional[Dict[EdgeType, Dict[str, Tensor]]]:
+    if not path.is_file():
+        return None
+    try:
+        saved = torch.load(path, map_location='cpu', weights_only=True)
+        graphs = {tuple(k.split('__')): v for k, v in saved['graphs'].items()}
+        for edge_type, attr in outputs:
+            if not isinstance(graphs[edge_type][attr], Tensor):
+                return None
+        return graphs
+    except Exception:  # unreadable or foreign: recompute and overwrite
+        return None
+
+
+def _write(path: Path, graphs, description: str) -> None:
+    try:
+        with atomic_path(path) as tmp:
+            torch.save({'graphs': {'__'.join(k): v for k, v in graphs.items()},
+                        'transform': description, 'version': _VERSION}, tmp)
+    except OSError as e:
+        warnings.warn(f'could not cache the graphs in {path.parent} ({e.strerror}); '
+                      f'they are computed in memory each time', RuntimeWarning,
+                      stacklevel=3)
