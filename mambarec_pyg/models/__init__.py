@@ -11,10 +11,15 @@ from __future__ import annotations
 from .base import Recommender, check_data
 from .registry import get_config_class, get_model_class, list_models, register
 
-# Built-in models (importing a module registers its model).
+# Built-in models (importing a module registers its model), in the order of the
+# paper's Table 2, most-popular first.
 from .popularity import Popularity, PopularityConfig  # noqa: E402
+from .bpr import BPR, BPRConfig  # noqa: E402
+from .lightgcn import LightGCN, LightGCNConfig  # noqa: E402
+from .mgcn import MGCN, MGCNConfig  # noqa: E402
 from .mambarec import MambaRec, MambaRecConfig, MambaRecOutput  # noqa: E402
 
 __all__ = ['Recommender', 'register', 'get_model_class', 'get_config_class',
            'list_models', 'check_data', 'MambaRec', 'MambaRecConfig',
-           'MambaRecOutput', 'Popularity', 'PopularityConfig']
+           'MambaRecOutput', 'Popularity', 'PopularityConfig', 'BPR', 'BPRConfig',
+           'LightGCN', 'LightGCNConfig', 'MGCN', 'MGCNConfig']

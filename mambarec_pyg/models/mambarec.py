@@ -89,16 +89,15 @@ from torch import Tensor
 from torch.nn import Embedding, LayerNorm, Linear
 
 from ..config import ConfigError, ModelConfig, check_choice, check_positive_int
-from ..data.graphs import normalized_adjacency, sparse_from_edges
 from ..data.index import UI
 from ..data.sampling import BPRBatch
 from ..data.transforms import ItemKNN, UserItemNorm
-from ..nn.conv import LightGCNPropagation, WeightedPropagation, transpose_sparse
+from ..nn.conv import LightGCNPropagation, WeightedPropagation
 from ..nn.dream import DREAM
 from ..nn.fusion import ModalityFusion
 from ..nn.losses import bpr_loss, info_nce, mmd_loss
 from ..nn.projection import Projection, reduced_width
-from .base import Recommender
+from .base import Recommender, SparseGraphs, as_csr, edge_matrix, user_item_matrices
 from .registry import register
 
 __all__ = ['MambaRec', 'MambaRecConfig', 'MambaRecOutput', 'LossParts']
@@ -262,25 +261,6 @@ class _Tables(torch.nn.Module):
         return getattr(self, name)
 
 
-class _Graphs(torch.nn.Module):
-    """The sparse propagation matrices, as non-persistent buffers (they follow
-    ``.to()`` / ``.double()`` and stay out of the state dict)."""
-
-    def set(self, name: str, value: Tensor) -> None:
-        self.register_buffer(name, value, persistent=False)
-
-    def __getitem__(self, name: str) -> Tensor:
-        return getattr(self, name)
-
-    def __deepcopy__(self, memo):
-        # Sparse CSR tensors have no storage for the generic deepcopy; clone them.
-        new = _Graphs()
-        memo[id(self)] = new
-        for name, value in self._buffers.items():
-            new.set(name, value.clone())
-        return new
-
-
 class _Shared:
     """A read-only reference that copies of the model share (deepcopy returns it
     as is): the data's feature tensors, kept for :meth:`MambaRec.reset_parameters`."""
@@ -310,6 +290,7 @@ class MambaRec(Recommender):
 
     config_class = MambaRecConfig
     min_modalities = 1
+    stochastic_training = True  # dropout after the LayerNorm
     protocol = {'lr_decay': 0.96, 'weight_decay': 0.0}
     reference = ('Ren, Ju and Lee, "Modality Alignment with Multi-scale Bilateral '
                  'Attention for Multimodal Recommendation", CIKM 2025')
@@ -389,21 +370,12 @@ class MambaRec(Recommender):
         self.cl_weight_now = spec.cl_weight
 
         # The graphs, from the data (float64 weights, cast to the model's dtype).
-        self.graphs = _Graphs()
-        store = data[UI]
-        ui = normalized_adjacency(store.edge_index.cpu(), self.num_users,
-                                  self.num_items,
-                                  edge_weight=store.edge_weight.cpu().double(),
-                                  dtype=torch.float64, layout='csr')
+        self.graphs = SparseGraphs()
+        adj, r_hat = user_item_matrices(data, torch.float64)
         knn = ItemKNN(spec.knn_k, 'similarity')
-        item_graphs = {}
-        for m in modalities:
-            g = data[knn.edge_type(m)]
-            item_graphs[m] = sparse_from_edges(g.edge_index.cpu(),
-                                               g.edge_weight.cpu().double(),
-                                               (self.num_items, self.num_items),
-                                               dtype=torch.float64, layout='csr')
-        self.set_graphs(ui.adj, ui.r_hat, item_graphs)
+        item_graphs = {m: edge_matrix(data, knn.edge_type(m), torch.float64)
+                       for m in modalities}
+        self.set_graphs(adj, r_hat, item_graphs)
 
         self.reset_parameters()
         if device.type != 'cpu':
@@ -453,9 +425,9 @@ class MambaRec(Recommender):
                                  f'{", ".join(self.modalities)}')
             todo.append((f'item_graph_{m}', g, (N, N)))
         for name, value, shape in todo:
-            csr = _as_csr(value, name, shape).to(device=device, dtype=dtype)
+            csr = as_csr(value, f'set_graphs: {name}', shape).to(device=device,
+                                                                 dtype=dtype)
             self.graphs.set(name, csr)
-            self.graphs.set(name + '_t', transpose_sparse(csr))
 
     # -----------------------------------------------------------------------------
     def on_epoch_start(self, epoch: int) -> Optional[Dict[str, Any]]:
@@ -740,30 +712,6 @@ def _pair_mean(fn, xs: Sequence[Tensor]) -> Tensor:
     for a, b in pairs[1:]:
         total = total + fn(a, b)
     return total / len(pairs) if len(pairs) > 1 else total
-
-
-def _as_csr(value, name: str, shape) -> Tensor:
-    if isinstance(value, np.ndarray):
-        value = torch.from_numpy(value)
-    try:
-        from torch_geometric.typing import SparseTensor
-        if isinstance(value, SparseTensor):
-            value = value.to_torch_sparse_csr_tensor()
-    except ImportError:  # pragma: no cover
-        pass
-    if not isinstance(value, Tensor):
-        raise ValueError(f'set_graphs: {name}: expected a tensor or numpy array, got '
-                         f'{type(value).__name__}')
-    if tuple(value.shape) != tuple(shape):
-        raise ValueError(f'set_graphs: {name}: expected shape {tuple(shape)}, got '
-                         f'{tuple(value.shape)}')
-    if value.layout == torch.strided:
-        value = value.to_sparse_csr()
-    elif value.layout == torch.sparse_coo:
-        value = value.coalesce().to_sparse_csr()
-    elif value.layout != torch.sparse_csr:
-        value = value.to_sparse_csr()
-    return value
 
 
 def _resolve_reduced(spec: _Spec, modalities):

@@ -20,6 +20,10 @@ __all__ = ['register', 'get_model_class', 'get_config_class', 'list_models',
 
 _MODELS: Dict[str, type] = {}
 _LOADED = False
+#: The built-in models in the order of the paper's Table 2 (most-popular first);
+#: ``list_models`` lists them so, then any other registered model.
+PAPER_ORDER = ('popularity', 'bpr', 'lightgcn', 'vbpr', 'mmgcn', 'grcn', 'slmrec',
+               'freedom', 'mgcn', 'lgmrec', 'bm3', 'mambarec')
 
 
 def _load_builtin() -> None:
@@ -86,6 +90,8 @@ def get_config_class(name: str) -> Type:
 
 
 def list_models() -> List[str]:
-    """Registered model names, in registration order."""
+    """Registered model names: the built-in ones in the order of the paper's Table 2
+    (:data:`PAPER_ORDER`), then the others in registration order."""
     _load_builtin()
-    return list(_MODELS)
+    first = [n for n in PAPER_ORDER if n in _MODELS]
+    return first + [n for n in _MODELS if n not in PAPER_ORDER]

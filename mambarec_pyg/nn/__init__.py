@@ -1,17 +1,24 @@
-"""Neural-network building blocks of MambaRec: DREAM, the dimensionality reduction,
-graph propagation and the training objectives."""
-from .conv import LightGCNPropagation, WeightedPropagation
+"""Neural-network building blocks: DREAM, the dimensionality reduction, graph
+propagation, MGCN's fusion and the training objectives (shared by MambaRec and the
+baselines)."""
+from .conv import (LightGCNConv, LightGCNPropagation, WeightedPropagation,
+                   sparse_propagate)
 from .dream import DREAM
-from .losses import InfoNCELoss, MMDLoss, bpr_loss, info_nce, mmd_loss
+from .fusion import ModalityFusion
+from .losses import InfoNCELoss, MMDLoss, bpr_loss, emb_loss, info_nce, mmd_loss
 from .projection import Projection, reduced_width
 
 __all__ = [
     'DREAM',
     'Projection',
     'reduced_width',
+    'LightGCNConv',
     'LightGCNPropagation',
     'WeightedPropagation',
+    'sparse_propagate',
+    'ModalityFusion',
     'bpr_loss',
+    'emb_loss',
     'info_nce',
     'mmd_loss',
     'InfoNCELoss',

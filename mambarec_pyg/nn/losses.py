@@ -7,7 +7,9 @@ their hyper-parameters:
 * :func:`bpr_loss` -- Bayesian personalised ranking,
 * :func:`info_nce` / :class:`InfoNCELoss` -- InfoNCE with in-batch negatives (eq. 10),
 * :func:`mmd_loss` / :class:`MMDLoss` -- squared maximum mean discrepancy with a
-  Gaussian kernel (eqs. 7-9).
+  Gaussian kernel (eqs. 7-9);
+* :func:`emb_loss` -- MMRec's ``EmbLoss`` regulariser of the baselines (Frobenius
+  norms, not squared, over the batch length).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from torch import Tensor
 
 Bandwidth = Union[float, Sequence[float]]
 
-__all__ = ['bpr_loss', 'info_nce', 'mmd_loss', 'InfoNCELoss', 'MMDLoss']
+__all__ = ['bpr_loss', 'info_nce', 'mmd_loss', 'emb_loss', 'InfoNCELoss', 'MMDLoss']
 
 
 def bpr_loss(pos_scores: Tensor, neg_scores: Tensor) -> Tensor:
@@ -42,6 +44,24 @@ def bpr_loss(pos_scores: Tensor, neg_scores: Tensor) -> Tensor:
                          f'shape, got {tuple(pos_scores.shape)} and '
                          f'{tuple(neg_scores.shape)}')
     return F.softplus(neg_scores - pos_scores).mean()
+
+
+def emb_loss(*embeddings: Tensor) -> Tensor:
+    r"""MMRec's ``EmbLoss``: the sum of the Frobenius norms (**not** squared) of the
+    given batch embeddings, divided by the number of rows of the last one,
+
+    .. math::
+        \frac{1}{B} \sum_k \|\mathbf{E}_k\|_F,
+
+    the regulariser of MMRec's BPR, LightGCN, VBPR and LGMRec (``reg_weight`` times
+    this), and of BM3 on the full tables.
+    """
+    if not embeddings:
+        raise ValueError('emb_loss: expected at least one tensor')
+    total = embeddings[0].norm(p=2)
+    for e in embeddings[1:]:
+        total = total + e.norm(p=2)
+    return total / embeddings[-1].size(0)
 
 
 def info_nce(a: Tensor, b: Tensor, temperature: float) -> Tensor:

@@ -1,0 +1,157 @@
+"""Every registered model through the shared interface: any number of modalities
+(or a clear error), one epoch of training, checkpoint, resume, evaluate and
+recommend, and CUDA against CPU.
+
+Per-model formula tests (against plain computations) and the learning test (beats
+most-popular on ``tiny``) live in each model's own test file.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch_geometric.data import HeteroData
+
+from mambarec_pyg.config import Config, DataConfig, TrainConfig
+from mambarec_pyg.data.errors import DataError
+from mambarec_pyg.data.sampling import BPRBatch
+from mambarec_pyg.models import get_config_class, get_model_class, list_models
+from mambarec_pyg.models.registry import PAPER_ORDER
+from mambarec_pyg.train.experiment import build_model, load_run, run
+from mambarec_pyg.utils import seed_everything
+
+UI = ('user', 'interacts', 'item')
+BUILT_IN = [name for name in list_models() if name in PAPER_ORDER]
+TRAINABLE = [name for name in BUILT_IN if name != 'popularity']
+
+
+def _with_features(base, features: dict) -> HeteroData:
+    data = HeteroData()
+    data.name = 'test'
+    data['user'].num_nodes = base['user'].num_nodes
+    data['item'].num_nodes = base['item'].num_nodes
+    for m, x in features.items():
+        data['item'][m] = x
+    data.modalities = tuple(features)
+    for key in ('edge_index', 'valid_edge_label_index', 'test_edge_label_index'):
+        data[UI][key] = base[UI][key].clone()
+    return data
+
+
+@pytest.fixture(scope='module')
+def datasets(tiny_data):
+    g = torch.Generator().manual_seed(0)
+    feats = {m: tiny_data['item'][m].clone() for m in tiny_data.modalities}
+    three = dict(feats, audio=torch.randn(tiny_data['item'].num_nodes, 20,
+                                          generator=g))
+    return {3: _with_features(tiny_data, three),
+            1: _with_features(tiny_data, {'text': feats['text']}),
+            0: _with_features(tiny_data, {})}
+
+
+def test_the_paper_models_are_registered():
+    # the ten baselines of Table 2 and BM3 join here as they are built
+    assert {'popularity', 'mambarec'} <= set(BUILT_IN)
+
+
+@pytest.mark.parametrize('name', TRAINABLE)
+@pytest.mark.parametrize('num_modalities', [3, 1, 0])
+def test_one_epoch_any_modalities_or_a_clear_error(name, num_modalities, datasets):
+    data = datasets[num_modalities]
+    cls = get_model_class(name)
+    supported = cls.min_modalities <= num_modalities and (
+        cls.max_modalities is None or num_modalities <= cls.max_modalities)
+    if not supported:
+        with pytest.raises(DataError, match=f"model '{name}' (needs|works with)"):
+            build_model(data, get_config_class(name)())
+        return
+    seed_everything(0)
+    model = build_model(data, get_config_class(name)())
+    model.train()
+    model.on_epoch_start(0)
+    g = torch.Generator().manual_seed(0)
+    ei = data[UI].edge_index
+    idx = torch.randint(0, ei.size(1), (64, ), generator=g)
+    batch = BPRBatch(ei[0, idx], ei[1, idx],
+                     torch.randint(0, data['item'].num_nodes, (64, ), generator=g), 64)
+    parts = model.loss(batch)
+    assert 'total' in parts and all(v.dim() == 0 for v in parts.values())
+    assert all(torch.isfinite(v) for v in parts.values())
+    parts['total'].backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert grads and any(g is not None and g.abs().sum() > 0 for g in grads)
+    user, item = model.eval_embeddings()
+    assert user.shape[0] == data['user'].num_nodes
+    assert item.shape[0] == data['item'].num_nodes
+    assert torch.isfinite(user).all() and torch.isfinite(item).all()
+
+
+@pytest.mark.parametrize('name', BUILT_IN)
+def test_save_resume_evaluate_recommend_round_trip(name, tiny_data, tmp_path):
+    config = Config(data=DataConfig(synthetic='tiny'),
+                    model=get_config_class(name)(),
+                    train=TrainConfig(device='cpu', batch_size=256, max_epochs=2,
+                                      checkpoint_interval_s=0))
+    out = tmp_path / 'run'
+    first = run(config, out, data=tiny_data, quiet=True)
+    results = json.loads((out / 'results.json').read_text())
+    assert results['model'] == name and results['test']
+    if name != 'popularity':
+        longer = config.with_overrides({'train.max_epochs': 3})
+        resumed = run(longer, out, data=tiny_data, resume=True, quiet=True)
+        assert resumed.epochs == 3 and resumed.history[:2] == first.history
+    model, data, cfg = load_run(out / 'best.pt', data=tiny_data)
+    assert type(model).name == name and type(cfg.model).name == name
+    from mambarec_pyg.train.evaluate import evaluate
+    saved = json.loads((out / 'results.json').read_text())
+    assert evaluate(model, data, 'test')['recall@20'] == pytest.approx(
+        saved['test']['recall@20'], abs=1e-6)
+    users = torch.tensor([0, 3, 7])
+    top = model.recommend(users, k=5)
+    train = tiny_data[UI].edge_index
+    for u, row in zip(users.tolist(), top.tolist()):
+        seen = set(train[1, train[0] == u].tolist())
+        assert len(row) == 5 and not seen & set(row)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+@pytest.mark.parametrize('name', TRAINABLE)
+def test_cuda_matches_cpu(name, tiny_data):
+    """Loss parts, gradients and eval embeddings of one batch on CUDA and on the CPU
+    (float64, same weights; models with random draws in training use eval mode)."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        seed_everything(0)
+        cpu = build_model(tiny_data, get_config_class(name)())
+        seed_everything(0)
+        gpu = build_model(tiny_data, get_config_class(name)())
+    finally:
+        torch.set_default_dtype(default)
+    gpu.load_state_dict(cpu.state_dict())
+    gpu = gpu.cuda()
+    for model in (cpu, gpu):
+        model.train(not model.stochastic_training)
+        model.on_epoch_start(0)
+    g = torch.Generator().manual_seed(0)
+    ei = tiny_data[UI].edge_index
+    idx = torch.randint(0, ei.size(1), (64, ), generator=g)
+    batch = (ei[0, idx], ei[1, idx],
+             torch.randint(0, tiny_data['item'].num_nodes, (64, ), generator=g))
+    parts_cpu = cpu.loss(BPRBatch(*batch, 64))
+    parts_gpu = gpu.loss(BPRBatch(*(t.cuda() for t in batch), 64))
+    assert parts_cpu.keys() == parts_gpu.keys()
+    for key in parts_cpu:
+        torch.testing.assert_close(parts_gpu[key].cpu(), parts_cpu[key], rtol=1e-7,
+                                   atol=1e-10, msg=key)
+    parts_cpu['total'].backward()
+    parts_gpu['total'].backward()
+    grads_gpu = dict(gpu.named_parameters())
+    for pname, p in cpu.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(grads_gpu[pname].grad.cpu(), p.grad, rtol=1e-6,
+                                       atol=1e-9, msg=pname)
+    for a, b in zip(cpu.eval_embeddings(), gpu.eval_embeddings()):
+        torch.testing.assert_close(b.cpu(), a, rtol=1e-7, atol=1e-10)
