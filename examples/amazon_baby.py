@@ -22,7 +22,7 @@ the same ``--output`` directory: continue it with ``--resume`` or start again wi
 ``--overwrite``.
 
 With the released loss weights the BPR loss stays near ln 2 for the first epochs
-(docs/reference.md §10), so a ``--quick`` run mostly shows the first epoch's numbers;
+(docs/reference.md §8), so a ``--quick`` run mostly shows the first epoch's numbers;
 ``--cl-warmup-epochs 3`` holds the InfoNCE weight at 0 for three epochs (not the
 released behaviour; on the Baby-scale synthetic data the best valid Recall@20 was
 0.116 in 5 epochs without it and 0.244 in 7 epochs with it).

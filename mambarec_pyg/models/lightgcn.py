@@ -24,7 +24,7 @@ The layers are PyG's :class:`~torch_geometric.nn.conv.LGConv`
 (:class:`~mambarec_pyg.nn.LightGCNPropagation`) on the pre-normalised CSR adjacency
 the data carries. :class:`torch_geometric.nn.models.LightGCN` is the same model but
 normalises the graph with ``gcn_norm`` in every forward pass and propagates over the
-edge list, about five times slower on a CPU (docs/reference.md §8); its ``alpha``
+edge list, about five times slower on a CPU (docs/reference.md §7); its ``alpha``
 layer weights :math:`1/(K+1)` are the mean used here.
 
 MMRec adds :math:`10^{-7}` to the degrees and :math:`10^{-10}` inside the BPR log;

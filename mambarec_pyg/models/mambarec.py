@@ -141,7 +141,7 @@ class MambaRecConfig(ModelConfig):
     #: InfoNCE temperature.
     cl_temperature: float = 0.2
     #: epochs at the start with the InfoNCE weight held at 0 (docs/reference.md
-    #: §10). 0 is the released behaviour. Measured (seed 999, B = 2048, defaults
+    #: §8). 0 is the released behaviour. Measured (seed 999, B = 2048, defaults
     #: otherwise): on the Baby-scale synthetic preset, 5 epochs with 0 kept BPR at
     #: 0.6925 -> 0.6918 and valid Recall@20 fell from 0.116 (epoch 0) to 0.058-0.068,
     #: while 5 warm-up epochs took BPR 0.683 -> 0.299 and valid Recall@20 0.151 ->
@@ -441,7 +441,7 @@ class MambaRec(Recommender):
 
     def diagnose(self, history: Sequence[Dict[str, Any]]) -> List[str]:
         """A run whose BPR loss never left ln 2 learned no ranking (with the released
-        weights InfoNCE can hold it there; docs/reference.md §10)."""
+        weights InfoNCE can hold it there; docs/reference.md §8)."""
         bpr = [r['loss']['bpr'] for r in history if 'bpr' in (r.get('loss') or {})]
         if len(bpr) < 3 or any(abs(b - math.log(2)) > 0.005 for b in bpr):
             return []

@@ -16,7 +16,7 @@ gather-scatter :meth:`message` / aggregation) or a sparse matrix with rows as ta
 (a :pytorch:`PyTorch` sparse CSR tensor or a :class:`torch_sparse.SparseTensor`:
 :meth:`message_and_aggregate`, i.e. :func:`torch_geometric.utils.spmm`). Pass the
 sparse matrix: on the CPU, four LightGCN layers on the CSR adjacency run about five
-times faster than on the edge list (docs/reference.md §8).
+times faster than on the edge list (docs/reference.md §7).
 
 Why the fused kernels (``fused=True``, the default; same values, tested against the
 plain paths): autograd differentiates :math:`\mathbf{A}\mathbf{x}` through

@@ -126,7 +126,7 @@ def make_optimizer(parameters, lr: float, weight_decay: float = 0.0
     where the parameters allow it.
 
     ``fused=True`` is several times faster on a large trainable feature table
-    (docs/reference.md §8: 31 ms vs 219 ms per step at Baby scale) and computes the
+    (docs/reference.md §7: 31 ms vs 219 ms per step at Baby scale) and computes the
     same update; it needs floating-point parameters on a device with a fused kernel,
     otherwise the multi-tensor (``foreach``) implementation is used.
     """
