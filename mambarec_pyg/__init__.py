@@ -11,7 +11,17 @@ Names are imported on first use, so ``import mambarec_pyg`` stays cheap.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from typing import Any
+
+# OpenMP threads that spin while they wait for each other collapse training when
+# another process uses the cores: on 2 cores with other work running, a `tiny` epoch
+# took 0.7-3 s with 2 spinning threads and 0.06-0.2 s with them waiting passively
+# (benchmarks/threads.py). The policy is read when torch loads its OpenMP runtime,
+# so it is set here, before torch is imported, unless the environment already says.
+OMP_POLICY_APPLIED = 'torch' not in sys.modules or 'OMP_WAIT_POLICY' in os.environ
+os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
 __version__ = '0.1.0'
 
