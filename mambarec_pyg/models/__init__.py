@@ -16,6 +16,8 @@ from .registry import get_config_class, get_model_class, list_models, register
 from .popularity import Popularity, PopularityConfig  # noqa: E402
 from .bpr import BPR, BPRConfig  # noqa: E402
 from .lightgcn import LightGCN, LightGCNConfig  # noqa: E402
+from .vbpr import VBPR, VBPRConfig  # noqa: E402
+from .slmrec import SLMRec, SLMRecConfig  # noqa: E402
 from .mgcn import MGCN, MGCNConfig  # noqa: E402
 from .mambarec import MambaRec, MambaRecConfig, MambaRecOutput  # noqa: E402
 
