@@ -1,0 +1,627 @@
+"""Cells, resuming, progress and the summary: what every experiment shares.
+
+An experiment is a set of **cells**; a cell is one full training run
+(:func:`mambarec_pyg.train.experiment.run`) of one :class:`~mambarec_pyg.config.Config`
+in its own directory ``OUTPUT/runs/<dataset>/<row>/<setting>/seed-<seed>/``.
+
+Resuming: a cell whose directory holds a finished run (``results.json`` with a final
+status and a ``best.pt``) recorded with the same configuration is reused without
+training; an unfinished one continues from its ``last.pt`` (the trainer's
+``resume=True``). A finished run recorded with other settings stops the experiment
+with an error naming them (unless only ``train.max_epochs``, ``train.patience`` or
+``train.patience_warmup`` changed, and not to fewer epochs than it trained: the run
+then continues), so a ``--quick`` output is never mistaken for a full one. Two cells
+of one experiment with the same configuration (e.g. Figure 4's lambda_cl = 0.01 and
+Figure 5's r = 8, lambda_mmd = 0.15, both the default MambaRec) share one run.
+
+Progress: a line per finished cell on stderr -- cells done / total, the cell's
+outcome, time elapsed and an estimate of the time left (the mean time of the cells
+trained so far, times the cells left) -- and a bar when a terminal watches
+(:func:`mambarec_pyg.utils.progress`).
+
+Per-user test metrics (for the paired significance tests) are computed from each
+cell's best checkpoint once and kept in ``per_user_test.npz`` beside it.
+
+``summary.json`` says which runs and configurations produced every number: the
+experiment's command and options, and for each cell its directory, configuration,
+status, best epoch, metrics and time.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from ..config import Config, ConfigError, DataConfig, TrainConfig
+from ..io import write_json
+from ..utils import progress
+
+__all__ = ['DatasetSpec', 'Setup', 'Cell', 'CellResult', 'Runner', 'Experiment',
+           'ExperimentResult', 'FINAL', 'fmt_duration', 'QUICK_TRAIN']
+
+#: statuses of a finished run (``results.json``).
+FINAL = ('early_stopped', 'max_epochs', 'evaluated')
+#: ``--quick``: a handful of epochs in small batches, one thread (fastest for tiny data).
+QUICK_TRAIN = {'max_epochs': 5, 'batch_size': 128, 'num_threads': 1}
+#: train options that never change what a finished run computed.
+_IGNORED = ('train.device', 'train.eval_batch_size', 'train.num_threads',
+            'train.deterministic', 'train.checkpoint_interval_s')
+#: train options a finished run may be continued under (it then trains on).
+_CONTINUABLE = ('train.max_epochs', 'train.patience', 'train.patience_warmup')
+#: train options left None take the model's protocol; a run records the value used.
+_PROTOCOL = ('train.lr_decay', 'train.weight_decay')
+#: the per-user metrics kept for significance tests.
+PER_USER_FILE = 'per_user_test.npz'
+
+
+def fmt_duration(seconds: Optional[float]) -> str:
+    """``'1h02m'``, ``'3m05s'``, ``'12s'``; ``'?'`` for unknown."""
+    if seconds is None or not np.isfinite(seconds):
+        return '?'
+    s = int(round(seconds))
+    if s >= 3600:
+        return f'{s // 3600}h{(s % 3600) // 60:02d}m'
+    if s >= 60:
+        return f'{s // 60}m{s % 60:02d}s'
+    return f'{max(seconds, 0):.0f}s' if seconds >= 1 else f'{max(seconds, 0):.1f}s'
+
+
+# ---------------------------------------------------------------------------------
+# What an experiment runs on
+# ---------------------------------------------------------------------------------
+@dataclass
+class DatasetSpec:
+    """One dataset of an experiment."""
+
+    #: the name in tables and directories (``baby``, ``synthetic-tiny``).
+    label: str
+    #: how to load it.
+    data: DataConfig
+    #: the paper's dataset it is (``baby``, ``sports``, ``clothing``), or ``None``:
+    #: synthetic data and other datasets are never compared with the paper.
+    paper: Optional[str] = None
+
+    @property
+    def synthetic(self) -> bool:
+        return self.data.dataset is None
+
+    def to_dict(self) -> Dict[str, Any]:
+        from ..data.dataset import data_spec
+        return {'label': self.label, 'data': data_spec(self.data),
+                'paper': self.paper, 'synthetic': self.synthetic}
+
+
+@dataclass
+class Setup:
+    """The options of one experiment run (the command line, as a dataclass)."""
+
+    #: the experiment's directory (runs/, tables, figures, summary.json).
+    output: Path
+    #: the datasets (in the order of the tables).
+    datasets: List[DatasetSpec]
+    #: training seeds (``train.seed``); several give mean +- std.
+    seeds: List[int] = field(default_factory=lambda: [999])
+    #: ``train.*`` options for every cell (field name -> value).
+    train: Dict[str, Any] = field(default_factory=dict)
+    #: row names (models or presets); ``None``: the experiment's default.
+    models: Optional[List[str]] = None
+    #: small version: few epochs, small batches (:data:`QUICK_TRAIN`).
+    quick: bool = False
+    #: run each model's grid first and select by valid (Table 2).
+    search: bool = False
+    #: no progress output.
+    quiet: bool = False
+    #: every run's epoch lines too.
+    verbose: bool = False
+    #: write the figures (needs matplotlib).
+    figures: bool = True
+    #: experiment-specific options (grids, sizes).
+    options: Dict[str, Any] = field(default_factory=dict)
+    #: the command line, for the summary.
+    command: Optional[List[str]] = None
+
+    def __post_init__(self) -> None:
+        self.output = Path(self.output)
+        if not self.datasets:
+            raise ConfigError('no datasets: give --data ROOT --datasets NAME ... or '
+                              '--synthetic PRESET')
+        if not self.seeds:
+            raise ConfigError('--seeds: expected at least one seed')
+
+    def train_config(self, seed: int) -> TrainConfig:
+        """The protocol of every cell: defaults, then ``--quick``'s, then ``train``."""
+        values: Dict[str, Any] = {}
+        if self.quick:
+            values.update(QUICK_TRAIN)
+        values.update(self.train)
+        values['seed'] = seed
+        from ..config import from_dict
+        return from_dict(TrainConfig, values, 'train')
+
+    def base_config(self, dataset: DatasetSpec, seed: int) -> Config:
+        """A default-MambaRec config on ``dataset`` with the shared protocol."""
+        return Config(data=dataset.data, train=self.train_config(seed))
+
+    @property
+    def comparable_with_paper(self) -> bool:
+        return not self.quick
+
+
+@dataclass
+class Cell:
+    """One training run of an experiment."""
+
+    #: the run's directory under ``OUTPUT/runs/``.
+    key: str
+    dataset: DatasetSpec
+    #: the row of the table it belongs to (a model or preset name).
+    row: str
+    seed: int
+    config: Config
+    #: what the cell varies, for tables and the summary (e.g. ``{'setting': 'w/o LA'}``).
+    labels: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CellResult:
+    """A cell's outcome."""
+
+    cell: Cell
+    directory: Path
+    #: a final status of the run, ``'failed'`` or ``'interrupted'``.
+    status: str
+    valid: Dict[str, float] = field(default_factory=dict)
+    test: Dict[str, float] = field(default_factory=dict)
+    best_epoch: int = -1
+    epochs: int = 0
+    #: the run's training time in total and per epoch (median over epochs).
+    time_s: float = float('nan')
+    epoch_s: float = float('nan')
+    #: finished before this invocation (nothing was trained now).
+    reused: bool = False
+    #: the directory of another cell with the same configuration, if shared.
+    shared_with: Optional[str] = None
+    error: Optional[str] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in FINAL
+
+    def to_dict(self, root: Path) -> Dict[str, Any]:
+        c = self.cell
+        return {'key': c.key, 'directory': _rel(self.directory, root),
+                'dataset': c.dataset.label, 'row': c.row, 'seed': c.seed,
+                'labels': c.labels, 'status': self.status, 'reused': self.reused,
+                'shared_with': self.shared_with, 'best_epoch': self.best_epoch,
+                'epochs': self.epochs, 'time_s': self.time_s,
+                'epoch_train_s': self.epoch_s, 'valid': _metrics(self.valid),
+                'test': _metrics(self.test), 'error': self.error,
+                'config': c.config.to_dict()}
+
+
+def _metrics(m: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: v for k, v in (m or {}).items() if k != 'per_user'}
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+# ---------------------------------------------------------------------------------
+# The runner
+# ---------------------------------------------------------------------------------
+class Runner:
+    """Runs cells one after the other, reusing finished ones; see the module doc.
+
+    Args:
+        setup: the experiment's options (output directory, quiet, verbose).
+        total: cells expected in all (for the progress line); grows if more are run.
+        per_user: compute per-user test metrics right after each run.
+        log: where progress lines go (default: stderr; nothing when quiet).
+    """
+
+    def __init__(self, setup: Setup, total: int, per_user: bool = False,
+                 log: Optional[Callable[[str], None]] = None) -> None:
+        self.setup = setup
+        self.root = setup.output
+        self.total = total
+        self.per_user_now = per_user
+        self.done = 0
+        self.trained = 0
+        self.trained_s = 0.0
+        self.start = time.perf_counter()
+        self.results: List[CellResult] = []
+        self._by_config: Dict[str, CellResult] = {}
+        self._data_key: Optional[str] = None
+        self._data = None
+        self._log = log
+        self._bar = progress(total=total, enabled=not setup.quiet, desc='experiment',
+                             unit='run')
+
+    # -- output -------------------------------------------------------------------
+    def say(self, message: str) -> None:
+        """A progress line (stderr, above the bar), unless quiet."""
+        if self.setup.quiet:
+            return
+        if self._log is not None:
+            self._log(message)
+            return
+        from tqdm.auto import tqdm
+        tqdm.write(message, file=sys.stderr)
+
+    def close(self) -> None:
+        self._bar.close()
+
+    # -- data ---------------------------------------------------------------------
+    def data(self, config: DataConfig):
+        """The dataset ``config`` names (the last one loaded is kept)."""
+        from ..data.dataset import data_spec, load_dataset
+        key = json.dumps(data_spec(config), sort_keys=True)
+        if key != self._data_key:
+            self._data, self._data_key = None, None
+            self._data = load_dataset(config)
+            self._data_key = key
+        return self._data
+
+    # -- cells --------------------------------------------------------------------
+    def directory(self, cell: Cell) -> Path:
+        return self.root / 'runs' / cell.key
+
+    def run(self, cells: Sequence[Cell]) -> List[CellResult]:
+        """Run (or reuse) ``cells`` in order; returns their results. Raises
+        :class:`KeyboardInterrupt` when a run was interrupted (its checkpoints
+        kept)."""
+        out = []
+        for cell in cells:
+            out.append(self._run_cell(cell))
+        return out
+
+    def _run_cell(self, cell: Cell) -> CellResult:
+        key = json.dumps(cell.config.to_dict(), sort_keys=True, default=str)
+        shared = self._by_config.get(key)
+        if shared is not None:
+            res = CellResult(**{**shared.__dict__, 'cell': cell,
+                                'shared_with': _rel(shared.directory, self.root)})
+            self._finish_cell(res, 0.0, note=f'same run as {shared.cell.key}')
+            return res
+        directory = self.directory(cell)
+        saved, continue_run = _finished(directory, cell.config)
+        if saved is not None and not continue_run:
+            res = _from_saved(cell, directory, saved, reused=True)
+            self._by_config[key] = res
+            self._finish_cell(res, 0.0, note='finished earlier, reused')
+            return res
+        self.say(f'[{self.done + 1}/{self.total}] {self._name(cell)}: training '
+                 f'({directory / "train.log"})')
+        t0 = time.perf_counter()
+        res = self._train(cell, directory)
+        spent = time.perf_counter() - t0
+        if res.status == 'interrupted':
+            self.results.append(res)
+            raise KeyboardInterrupt
+        self._by_config[key] = res
+        self.trained += 1
+        self.trained_s += spent
+        self._finish_cell(res, spent)
+        return res
+
+    def _train(self, cell: Cell, directory: Path) -> CellResult:
+        from ..data.errors import DataError
+        from ..data.sampling import NegativeSamplingError
+        from ..train.experiment import run
+        from ..train.rundir import RunDirectoryBusy
+        from ..train.trainer import TrainingDivergedError
+        try:
+            data = self.data(cell.config.data)
+            result = run(cell.config, directory, resume=True,
+                         quiet=not self.setup.verbose, data=data)
+        except RunDirectoryBusy:
+            raise
+        except (TrainingDivergedError, DataError, NegativeSamplingError,
+                RuntimeError) as e:
+            # one failed run (a diverged loss, data a model cannot take, out of
+            # memory) is reported in the tables, its traceback kept beside it; the
+            # other runs go on
+            import traceback
+            from ..io import atomic_write_text
+            directory.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(directory / 'error.txt', traceback.format_exc())
+            return CellResult(cell, directory, 'failed',
+                              error=f'{type(e).__name__}: {_first_line(e)} (traceback: '
+                                    f'{_rel(directory / "error.txt", self.root)})')
+        if result.status == 'interrupted':
+            return CellResult(cell, directory, 'interrupted')
+        res = _from_saved(cell, directory, _read_results(directory) or {}, reused=False)
+        if self.per_user_now and result.model is not None and res.ok:
+            self._save_per_user(res, result.model, data)
+        return res
+
+    def _finish_cell(self, res: CellResult, spent: float, note: str = '') -> None:
+        self.done += 1
+        self.total = max(self.total, self.done)
+        self.results.append(res)
+        self._bar.update(1)
+        elapsed = time.perf_counter() - self.start
+        left = self.total - self.done
+        eta = (self.trained_s / self.trained * left) if self.trained else None
+        if res.ok:
+            metric = res.cell.config.train.valid_metric
+            outcome = (f'test {metric} {res.test.get(metric, float("nan")):.4f} '
+                       f'(best epoch {res.best_epoch}, {res.epochs} epochs'
+                       + (f', {fmt_duration(spent)}' if spent else '') + ')')
+        else:
+            outcome = f'FAILED: {res.error}'
+        self.say(f'[{self.done}/{self.total}] {self._name(res.cell)}: {outcome}'
+                 + (f' [{note}]' if note else '')
+                 + f' | elapsed {fmt_duration(elapsed)}, '
+                 + ('all done' if left == 0 else f'about {fmt_duration(eta)} left'
+                    if eta is not None else 'time left not known yet'))
+
+    @staticmethod
+    def _name(cell: Cell) -> str:
+        parts = [cell.dataset.label, cell.row]
+        if 'setting' in cell.labels:
+            parts.append(str(cell.labels['setting']))
+        elif 'point' in cell.labels:
+            kind = 'grid point' if cell.labels.get('search') else 'selected point'
+            parts.append(f"{kind} {cell.labels['point']}")
+        return ' | '.join(parts) + f' | seed {cell.seed}'
+
+    # -- per-user metrics ---------------------------------------------------------
+    def per_user(self, res: CellResult) -> Dict[str, np.ndarray]:
+        """Per-user test metrics of ``res``'s best checkpoint (``users``,
+        ``recall@K``, ``ndcg@K``), computed once and kept beside it."""
+        path = res.directory / PER_USER_FILE
+        best = res.directory / 'best.pt'
+        if path.is_file() and (not best.is_file() or
+                               path.stat().st_mtime_ns >= best.stat().st_mtime_ns):
+            with np.load(path) as z:
+                return {k: z[k] for k in z.files}
+        from ..train.experiment import load_run
+        data = self.data(res.cell.config.data)
+        model, data, _ = load_run(best, device=res.cell.config.train.device, data=data)
+        return self._save_per_user(res, model, data)
+
+    def _save_per_user(self, res: CellResult, model, data) -> Dict[str, np.ndarray]:
+        from ..io import atomic_path
+        from ..train.evaluate import evaluate
+        cfg = res.cell.config.train
+        metrics = evaluate(model, data, 'test', ks=cfg.topk,
+                           batch_size=cfg.eval_batch_size, per_user=True)
+        values = {k: np.asarray(v.numpy() if hasattr(v, 'numpy') else v)
+                  for k, v in metrics['per_user'].items()}
+        with atomic_path(res.directory / PER_USER_FILE) as tmp:
+            with open(tmp, 'wb') as f:
+                np.savez(f, **values)
+        return values
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else ''
+
+
+def _read_results(directory: Path) -> Optional[Dict[str, Any]]:
+    path = directory / 'results.json'
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        return None
+
+
+def _finished(directory: Path, config: Config):
+    """``(saved results, continue)`` of a finished run in ``directory`` recorded with
+    ``config``'s settings; ``(None, _)`` if there is none. Raises
+    :class:`ConfigError` when the finished run used other settings."""
+    saved = _read_results(directory)
+    if saved is None or saved.get('status') not in FINAL or \
+            not (directory / 'best.pt').is_file():
+        return None, False
+    diffs = _config_diffs(saved.get('config') or {}, config.to_dict())
+    trained = int(saved.get('epochs') or 0)
+    # a run can be continued to more epochs, never cut back to fewer
+    hard = [d for d in diffs if d[0] not in _CONTINUABLE or
+            (d[0] == 'train.max_epochs' and d[2] < trained)]
+    if hard:
+        text = '; '.join(f'{k}: {old!r} there, {new!r} now' for k, old, new in hard)
+        raise ConfigError(f'{directory} holds a finished run with other settings '
+                          f'({text}); use another --output, or remove that directory '
+                          f'to run it again')
+    status = saved.get('status')
+    if status == 'evaluated' or (status == 'early_stopped' and
+                                 {d[0] for d in diffs} <= {'train.max_epochs'}):
+        return saved, False  # nothing to train, or it stopped before either limit
+    return saved, bool(diffs)
+
+
+def _config_diffs(old: Dict[str, Any], new: Dict[str, Any]):
+    diffs = []
+    for section in ('data', 'model', 'train'):
+        a, b = old.get(section) or {}, new.get(section) or {}
+        for key in sorted(set(a) | set(b)):
+            dotted = f'{section}.{key}'
+            if dotted in _IGNORED or dotted == 'data.root':
+                continue
+            if dotted in _PROTOCOL and b.get(key) is None:
+                continue
+            va, vb = a.get(key), b.get(key)
+            if isinstance(va, (list, tuple)):
+                va = list(va)
+            if isinstance(vb, (list, tuple)):
+                vb = list(vb)
+            if va != vb:
+                diffs.append((dotted, a.get(key), b.get(key)))
+    return diffs
+
+
+def _from_saved(cell: Cell, directory: Path, saved: Dict[str, Any],
+                reused: bool) -> CellResult:
+    history = saved.get('history') or []
+    epoch_times = [r.get('train_s') for r in history if r.get('train_s')]
+    return CellResult(
+        cell=cell, directory=directory, status=saved.get('status', 'failed'),
+        valid=saved.get('valid') or {}, test=saved.get('test') or {},
+        best_epoch=int(saved.get('best_epoch', -1)), epochs=int(saved.get('epochs', 0)),
+        time_s=float((saved.get('timings') or {}).get('total_s', float('nan'))),
+        epoch_s=float(np.median(epoch_times)) if epoch_times else float('nan'),
+        reused=reused)
+
+
+# ---------------------------------------------------------------------------------
+# Experiments
+# ---------------------------------------------------------------------------------
+@dataclass
+class ExperimentResult:
+    """What :meth:`Experiment.run` returns."""
+
+    name: str
+    #: ``'complete'``, ``'incomplete'`` (some cells failed) or ``'interrupted'``.
+    status: str
+    results: List[CellResult]
+    #: the files written (tables, figures, summary), by kind.
+    files: Dict[str, str] = field(default_factory=dict)
+    #: the experiment's table data (what NAME.json holds).
+    table: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> List[CellResult]:
+        return [r for r in self.results if not r.ok]
+
+
+class Experiment:
+    """Base class: an experiment builds cells, runs them and writes its report.
+
+    Subclasses set :attr:`name`, :attr:`title`, :attr:`paper_ref` and
+    :attr:`default_datasets`, and implement :meth:`plan` (the cells) and
+    :meth:`report` (tables and figures from the results). An experiment with a
+    second stage (Table 2's ``--search``: the other seeds of the selected
+    configuration) overrides :meth:`execute`.
+    """
+
+    name: ClassVar[str] = ''
+    title: ClassVar[str] = ''
+    #: the paper's table or figure it reproduces.
+    paper_ref: ClassVar[str] = ''
+    #: the paper's datasets for it (used when ``--data`` is given without
+    #: ``--datasets``).
+    default_datasets: ClassVar[Sequence[str]] = ('baby', 'sports', 'clothing')
+    #: compute per-user test metrics right after each run.
+    per_user: ClassVar[bool] = False
+    #: needs scikit-learn as well as matplotlib.
+    needs_sklearn: ClassVar[bool] = False
+
+    def plan(self, setup: Setup) -> List[Cell]:
+        raise NotImplementedError
+
+    def report(self, setup: Setup, results: List[CellResult],
+               runner: Runner) -> 'ExperimentResult':
+        raise NotImplementedError
+
+    def planned_total(self, setup: Setup) -> int:
+        return len(self.plan(setup))
+
+    def execute(self, setup: Setup, runner: Runner) -> List[CellResult]:
+        return runner.run(self.plan(setup))
+
+    # -- the whole thing ----------------------------------------------------------
+    def run(self, setup: Setup) -> ExperimentResult:
+        """Plan, run (reusing finished cells), report; write ``summary.json``.
+
+        Raises :class:`KeyboardInterrupt` after writing a partial summary when a run
+        was interrupted.
+        """
+        from .plots import require
+        if setup.figures or self.needs_sklearn:  # fail before hours of training
+            require(sklearn=self.needs_sklearn, matplotlib=setup.figures)
+        setup.output.mkdir(parents=True, exist_ok=True)
+        started = time.strftime('%Y-%m-%d %H:%M:%S')
+        runner = Runner(setup, self.planned_total(setup), per_user=self.per_user)
+        runner.say(f'{self.name}: {self.title} -- {runner.total} runs in '
+                   f'{setup.output}')
+        try:
+            results = self.execute(setup, runner)
+        except KeyboardInterrupt:
+            runner.close()
+            self.write_summary(setup, runner.results, started, 'interrupted', {})
+            raise
+        runner.close()
+        out = self.report(setup, results, runner)
+        out.status = 'incomplete' if out.failed else 'complete'
+        if out.failed and 'markdown' in out.files:
+            _append_failures(Path(out.files['markdown']), out.failed)
+        files = dict(out.files)
+        files['summary'] = str(self.write_summary(setup, results, started, out.status,
+                                                  files))
+        out.files = files
+        runner.say(f'{self.name}: {out.status}; '
+                   + ', '.join(f'{v}' for k, v in files.items()))
+        return out
+
+    def write_summary(self, setup: Setup, results: Sequence[CellResult], started: str,
+                      status: str, files: Dict[str, str]) -> Path:
+        from ..train.checkpoint import environment
+        from ..utils import resolve_device
+        root = setup.output
+        try:
+            env = environment(resolve_device(setup.train.get('device', 'auto')))
+        except ConfigError:
+            env = environment()
+        summary = {
+            'experiment': self.name,
+            'title': self.title,
+            'paper': self.paper_ref,
+            'status': status,
+            'command': setup.command,
+            'started': started,
+            'finished': time.strftime('%Y-%m-%d %H:%M:%S'),
+            'quick': setup.quick,
+            'comparable_with_paper': bool(setup.comparable_with_paper and any(
+                d.paper for d in setup.datasets)),
+            'note': note(setup),
+            'datasets': [d.to_dict() for d in setup.datasets],
+            'seeds': setup.seeds,
+            'models': setup.models,
+            'search': setup.search,
+            'train': setup.train,
+            'options': setup.options,
+            'files': {k: _rel(Path(v), root) for k, v in files.items()},
+            'cells': [r.to_dict(root) for r in results],
+            'environment': env,
+        }
+        return write_json(root / 'summary.json', summary)
+
+
+def _append_failures(path: Path, failed: Sequence[CellResult]) -> None:
+    from ..io import atomic_write_text
+    lines = ['', '## Failed runs', '',
+             'These runs did not finish; their entries are missing above (rerun the '
+             'command to try them again).', '']
+    lines += [f'- `{r.cell.key}`: {r.error or r.status}' for r in failed]
+    atomic_write_text(path, path.read_text().rstrip() + '\n' + '\n'.join(lines) + '\n')
+
+
+def note(setup: Setup) -> str:
+    """The caveat printed above every table of ``setup``'s results."""
+    parts = []
+    synthetic = [d.label for d in setup.datasets if d.synthetic]
+    if synthetic:
+        parts.append(f'{", ".join(synthetic)}: synthetic data, NOT comparable with '
+                     f"the paper's numbers")
+    other = [d.label for d in setup.datasets if not d.synthetic and not d.paper]
+    if other:
+        parts.append(f'{", ".join(other)}: not one of the paper\'s datasets')
+    if setup.quick:
+        t = setup.train_config(setup.seeds[0])
+        parts.append(f'--quick: at most {t.max_epochs} epochs in batches of '
+                     f'{t.batch_size}; NOT comparable with the paper')
+    return '; '.join(parts)
