@@ -113,9 +113,9 @@ def main(argv=None) -> int:
     except (OSError, ValueError, RuntimeError) as e:
         print(f'amazon_baby.py: error: {e}', file=sys.stderr)
         return 1
-    if result.status == 'interrupted' and result.epochs == 0:
-        print(f'amazon_baby.py: interrupted before the first epoch completed; nothing '
-              f'was written to {out}', file=sys.stderr)
+    if result.status == 'interrupted' and result.new_epochs == 0:
+        print(f'amazon_baby.py: interrupted before an epoch completed; no checkpoint '
+              f'or results were written to {out}', file=sys.stderr)
         return 130
 
     cols = ('recall@10', 'recall@20', 'ndcg@10', 'ndcg@20')

@@ -433,8 +433,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f'run directory: {out}', file=sys.stderr)
     result = run(config, out, resume=args.resume, quiet=args.quiet)
     if result.status == 'interrupted' and result.epochs == 0:
-        print(f'mambarec train: interrupted before the first epoch completed; nothing '
-              f'was written to {out}', file=sys.stderr)
+        print(f'mambarec train: interrupted before the first epoch completed; no '
+              f'checkpoint, results or config were written to {out}', file=sys.stderr)
         return 130
     print(_result_table(result.best_epoch, result.valid, result.test,
                         config.train.valid_metric))
@@ -673,14 +673,26 @@ def _table(rows: Sequence[Tuple[str, ...]]) -> str:
 
 def _result_table(best_epoch: int, valid: Dict[str, float], test: Dict[str, float],
                   metric: str) -> str:
-    cols = [k for k in ('recall@10', 'recall@20', 'ndcg@10', 'ndcg@20') if k in test]
+    """The metrics at the best epoch; a split the data lack is named below the
+    table instead of a row of NaN."""
     names = {'recall@10': 'R@10', 'recall@20': 'R@20', 'ndcg@10': 'N@10',
              'ndcg@20': 'N@20'}
-    rows = [('', 'epoch') + tuple(names[c] for c in cols),
-            ('valid', str(best_epoch)) + tuple(f'{valid.get(c, float("nan")):.4f}'
-                                               for c in cols),
-            ('test', str(best_epoch)) + tuple(f'{test[c]:.4f}' for c in cols)]
-    return _table(rows)
+    cols = [k for k in names if k in test or k in valid]
+    rows = [('', 'epoch') + tuple(names[c] for c in cols)]
+    missing = []
+    for split, metrics in (('valid', valid), ('test', test)):
+        if metrics:
+            rows.append((split, str(best_epoch)) + tuple(
+                f'{metrics.get(c, float("nan")):.4f}' for c in cols))
+        else:
+            missing.append(split)
+    lines = [_table(rows)] if len(rows) > 1 else []
+    if 'valid' in missing:
+        lines.append(f'valid: no valid split in the data; epoch {best_epoch} (the '
+                     f'last) is reported')
+    if 'test' in missing:
+        lines.append('test: no test split in the data; no test metrics')
+    return '\n'.join(lines)
 
 
 # ---------------------------------------------------------------------------------

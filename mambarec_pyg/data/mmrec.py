@@ -8,7 +8,11 @@ directory ``root/<name>/``:
   (``0..U-1`` and ``0..N-1``); ``x_label`` is ``0`` for a training interaction,
   ``1`` for validation and ``2`` for test (a per-user random 8:1:1 split of a 5-core
   filtered set). Only ``userID``, ``itemID`` and ``x_label`` are used; ``rating`` and
-  ``timestamp`` may be absent.
+  ``timestamp`` may be absent. These three fields must be written canonically, as
+  MMRec writes them: plain decimal digits without sign, leading zeros, spaces,
+  quotes, decimal point or exponent (``3``, not ``+3``, ``03``, ``3.0`` or ``3e0``),
+  and ids below :math:`2^{63}`; anything else is refused with the file, line, column
+  and text, rather than read as some integer.
 * ``<modality>_feat.npy`` -- one float array ``[N, D_m]`` per item modality, row ``i``
   belonging to item ``i`` (the paper's files are ``image_feat.npy``, 4096-d VGG16 fc7
   features, and ``text_feat.npy``, 384-d sentence embeddings).
@@ -58,7 +62,16 @@ FEATURE_SUFFIX = '_feat.npy'
 
 # Attribute names of the item store a modality may not take.
 _RESERVED = frozenset({'num_nodes', 'topic', 'x', 'node_id'})
-_INT_RE = re.compile(r'\s*[+-]?\d+\s*')
+# A canonical non-negative decimal integer: digits only, no leading zero.
+_INT_RE = re.compile(r'0|[1-9][0-9]*')
+_INT64_MAX = 2**63 - 1
+# Ids with more digits than this are checked line by line (int64 has 19 digits).
+_FAST_ID_DIGITS = 18
+_ID_FORM = ('ids are plain decimal digits: no sign, spaces, quotes, decimal point, '
+            'exponent or leading zeros')
+_NPY_MAGIC = b'\x93NUMPY'
+_NPY_EXPECTED = ('expected a .npy array of numbers [items, dim], as numpy.save '
+                 'writes one from a float array')
 # Largest id accepted per interaction row (dense ids give at most one per row).
 _MAX_ID_FACTOR = 10
 
@@ -166,10 +179,12 @@ def read_inter(path: PathLike) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
 
     Returns the ``userID``, ``itemID`` and ``x_label`` columns as ``int64`` arrays in
     file order. The fast path reads the file once, checks the field count of every
-    line by counting tab bytes and parses the three columns with pandas and fixed
-    integer dtypes; only when that fails, or a value is out of range, is the file
-    scanned line by line to report the first offending line (1-based, the header being
-    line 1).
+    line and the canonical form of the three fields in one vectorised pass over the
+    bytes (:func:`_canonical_fields`; pandas alone would read ``+3``, ``3.0`` or
+    ``1e1`` as integers and overflow on 20-digit ids), and parses the three columns
+    with pandas and fixed integer dtypes; only when that fails, or a value is out of
+    range, is the file scanned line by line to report the first offending line
+    (1-based, the header being line 1).
     """
     path = Path(path)
     header = _read_header(path)
@@ -184,15 +199,15 @@ def read_inter(path: PathLike) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
             f"found {header!r}: {hints}")
     raw = path.read_bytes()
     # Every line must have as many fields as the header (pandas ignores surplus fields
-    # of columns it does not read); counting tab bytes checks that in one pass.
-    lines = raw.count(b'\n') + (0 if raw.endswith(b'\n') else 1)
-    if raw.count(b'\t') != (len(header) - 1) * lines:
+    # of columns it does not read), and pandas would read '+3', '3.0', '1e1' or ' 3'
+    # as integers: one vectorised pass over the bytes checks both.
+    if not _canonical_fields(raw, header):
         _scan_for_problem(path, header)  # blank lines are fine and raise nothing
     try:
         frame = pd.read_csv(io.BytesIO(raw), sep='\t', usecols=list(REQUIRED_COLUMNS),
                             dtype={c: np.int64 for c in REQUIRED_COLUMNS},
                             engine='c', na_filter=False)
-    except (ValueError, TypeError, pd.errors.ParserError) as e:
+    except (ValueError, TypeError, OverflowError, pd.errors.ParserError) as e:
         _scan_for_problem(path, header)
         raise DataError(f'{path.name}: could not be read as an MMRec interaction '
                         f'file: {e}') from None
@@ -226,10 +241,16 @@ def read_features(path: PathLike, num_items: int, inter_name: str = '.inter') ->
     and float32 values cannot overflow a float64 sum); only then are rows inspected.
     """
     path = Path(path)
+    _check_npy(path)
     try:
         array = np.load(path, mmap_mode='r', allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        raise DataError(f'{path.name}: not a readable .npy array ({e})') from None
+        # numpy's message may advise enabling pickle, which is never right here
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if 'pickle' in reason.lower():
+            reason = 'it does not hold a plain array of numbers'
+        raise DataError(f'{path.name}: not a readable .npy array ({reason}); '
+                        f'{_NPY_EXPECTED}') from None
     if array.ndim != 2:
         raise DataError(f'{path.name}: expected a 2-D array [items, dim], found '
                         f'shape {tuple(array.shape)}')
@@ -251,6 +272,57 @@ def read_features(path: PathLike, num_items: int, inter_name: str = '.inter') ->
                             f'(first bad row: {int(rows[0])}); expected finite '
                             f'features')
     return features
+
+
+def _check_npy(path: Path) -> None:
+    """Refuse, saying what the file is, anything but a ``.npy`` array of plain values.
+
+    Checks the signature and the header's dtype before numpy reads the data, so a text
+    file, an archive or a pickle is named as such, and an array of Python objects
+    (which only the unsafe pickle loader could read) is refused without loading it.
+    """
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(64)
+            dtype = _npy_dtype(f) if head.startswith(_NPY_MAGIC) else None
+    except OSError as e:
+        raise DataError(f'{path.name}: cannot be read ({e.strerror or e})') from None
+    except ValueError as e:
+        raise DataError(f'{path.name}: not a readable .npy array (damaged header: '
+                        f'{str(e).splitlines()[0] if str(e) else "unreadable"}); '
+                        f'{_NPY_EXPECTED}') from None
+    if not head.startswith(_NPY_MAGIC):
+        raise DataError(f'{path.name}: not a readable .npy array: '
+                        f'{_describe_bytes(head)}; {_NPY_EXPECTED}')
+    if dtype is not None and dtype.hasobject:
+        raise DataError(f'{path.name}: holds an array of Python objects (dtype '
+                        f'{dtype}), not numbers; {_NPY_EXPECTED}. Such a file is not '
+                        f'read: loading it could run code stored in it')
+
+
+def _npy_dtype(f) -> Optional[np.dtype]:
+    """The dtype in the header of the open ``.npy`` file ``f`` (``None`` for a header
+    version this does not parse; numpy checks it when loading)."""
+    f.seek(0)
+    version = np.lib.format.read_magic(f)
+    read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                   (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+    return read_header(f)[2] if read_header is not None else None
+
+
+def _describe_bytes(head: bytes) -> str:
+    """What the first bytes of a file that is not a ``.npy`` array look like."""
+    if not head:
+        return 'the file is empty'
+    if head.startswith(b'PK'):
+        return 'it is a zip archive (an .npz file?), not a single array'
+    if head[:1] == b'\x80':
+        return 'it is a Python pickle, not an array'
+    text = head.decode('utf-8', errors='replace')
+    if '\ufffd' not in text[:-3] and all(c.isprintable() or c in '\t\r\n'
+                                         for c in text[:-3]):
+        return f'it is a text file (it begins {text[:24]!r})'
+    return 'it does not begin with the .npy signature'
 
 
 def feature_files(directory: PathLike) -> Dict[str, Path]:
@@ -302,6 +374,63 @@ def _read_header(path: Path) -> List[str]:
     return line.split('\t')
 
 
+def _canonical_fields(raw: bytes, header: List[str]) -> bool:
+    """Whether every non-blank line after the header of ``raw`` has as many
+    tab-separated fields as ``header``, with ``userID`` and ``itemID`` canonical ids
+    of at most :data:`_FAST_ID_DIGITS` digits and ``x_label`` one of ``0``, ``1``,
+    ``2``.
+
+    One vectorised pass over the bytes (a CR before an LF is a line ending); ``False``
+    sends :func:`read_inter` to the line-by-line :func:`_scan_for_problem`, which names
+    the offending line.
+    """
+    first = raw.find(b'\n')
+    if first < 0:
+        return True  # the header alone
+    body = np.frombuffer(raw, dtype=np.uint8)[first + 1:]
+    if body.size == 0:
+        return True
+    if (body == 13).any():
+        crlf = (body == 13) & np.append(body[1:] == 10, True)
+        body = body[~crlf]
+    newlines = np.flatnonzero(body == 10)
+    ends = newlines if body[-1] == 10 else np.append(newlines, body.size)
+    starts = np.concatenate(([0], newlines + 1))[:ends.size]
+    filled = ends > starts  # blank lines are skipped, as pandas does
+    starts, ends = starts[filled], ends[filled]
+    tabs = np.flatnonzero(body == 9)
+    width = len(header) - 1
+    if tabs.size != width * starts.size:
+        return False
+    # as many tabs as lines times fields - 1, and line j's share of them within it
+    grid = tabs.reshape(starts.size, width)
+    if width and not ((grid[:, 0] >= starts).all() and (grid[:, -1] < ends).all()):
+        return False
+    field_start = np.concatenate([starts[:, None], grid + 1], axis=1)
+    field_end = np.concatenate([grid, ends[:, None]], axis=1)
+    required = [header.index(c) for c in REQUIRED_COLUMNS]
+    # bytes other than digits, tabs and newlines, and the field each lies in
+    other = np.flatnonzero(((body - np.uint8(48)) > 9) & (body != 9) & (body != 10))
+    if other.size:
+        line = np.searchsorted(ends, other)
+        column = np.searchsorted(tabs, other) - line * width
+        if np.isin(column, required).any():
+            return False
+    for name, c in zip(REQUIRED_COLUMNS, required):
+        s, e = field_start[:, c], field_end[:, c]
+        length = e - s
+        if (length < 1).any():
+            return False
+        lead = body[s]
+        if name == 'x_label':
+            ok = (length == 1) & (lead <= ord('2'))
+        else:
+            ok = ((lead != ord('0')) | (length == 1)) & (length <= _FAST_ID_DIGITS)
+        if not ok.all():
+            return False
+    return True
+
+
 def _scan_for_problem(path: Path, header: List[str]) -> None:
     """Raise a :class:`DataError` naming the first bad line of ``path``, if any.
 
@@ -322,12 +451,17 @@ def _scan_for_problem(path: Path, header: List[str]) -> None:
                                 f'header, found {len(fields)}')
             for column in ('userID', 'itemID'):
                 value = fields[cols[column]]
-                if not _INT_RE.fullmatch(value) or int(value) < 0:
+                if not _INT_RE.fullmatch(value):
                     raise DataError(f"{path.name}: line {lineno}, column '{column}': "
                                     f'expected a non-negative integer id, got '
-                                    f'{value!r}')
+                                    f'{value!r} ({_ID_FORM})')
+                if int(value) > _INT64_MAX:
+                    raise DataError(f"{path.name}: line {lineno}, column '{column}': "
+                                    f'id {value} is too large (at most 2**63 - 1); '
+                                    f'expected dense ids 0..n-1 (map raw ids to '
+                                    f'consecutive integers first)')
             value = fields[cols['x_label']]
-            if not _INT_RE.fullmatch(value) or int(value) not in (0, 1, 2):
+            if value not in ('0', '1', '2'):
                 raise DataError(f"{path.name}: line {lineno}, column 'x_label': "
                                 f'expected 0 (train), 1 (valid) or 2 (test), got '
                                 f'{value!r}')

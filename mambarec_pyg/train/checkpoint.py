@@ -27,7 +27,10 @@ import os
 import pickle
 import platform
 import random
+import re
 import sys
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
@@ -43,6 +46,8 @@ __all__ = ['FORMAT', 'save_checkpoint', 'load_checkpoint', 'rng_state',
 
 FORMAT = 'mambarec_pyg.checkpoint/2'
 _LEGACY = ('mambarec_pyg.checkpoint/1', )
+_TRUST = ('--trust-checkpoint of mambarec evaluate or recommend (trusted=True in '
+          'Python)')
 PathLike = Union[str, os.PathLike]
 
 
@@ -126,18 +131,23 @@ def load_checkpoint(path: PathLike,
     if not path.is_file():
         raise FileNotFoundError(f'{path}: checkpoint not found')
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the pickle protocol
+            warnings.filterwarnings('ignore', message='Detected pickle protocol')
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         if not trusted:
             raise CheckpointError(
                 f'{path}: refused: the file holds objects other than tensors and '
-                f'plain containers, which could run code when loaded (the safe '
-                f'loader stopped at: {_first_line(e)}). A mambarec_pyg checkpoint '
-                f'never does; a checkpoint of an older mambarec_pyg version that you '
-                f'made yourself can be read with --trust-checkpoint (trusted=True)'
+                f'plain containers, which could run code when loaded '
+                f'({_refusal_reason(e)}); nothing in it was run. A mambarec_pyg '
+                f'checkpoint never does; a checkpoint of an older mambarec_pyg '
+                f'version that you made yourself can be read with {_TRUST}'
             ) from None
         state = _load_trusted(path, map_location)
     except Exception as e:  # noqa: BLE001 - report any unreadable file the same way
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(f'{path}: not a mambarec_pyg checkpoint (not a '
+                                  f'complete torch.save archive)') from None
         raise CheckpointError(f'{path}: not a readable checkpoint '
                               f'({type(e).__name__}: {_first_line(e)})') from None
     if not isinstance(state, dict) or state.get('format') not in (FORMAT, *_LEGACY):
@@ -145,8 +155,8 @@ def load_checkpoint(path: PathLike,
                               f'format {FORMAT!r})')
     if state['format'] in _LEGACY and not trusted:
         raise CheckpointError(f'{path}: a checkpoint of an older mambarec_pyg '
-                              f'version; read it with --trust-checkpoint '
-                              f'(trusted=True) if you made it yourself')
+                              f'version; read it with {_TRUST} if you made it '
+                              f'yourself')
     if state['format'] in _LEGACY:
         state = _upgrade_legacy(state)
     return state
@@ -191,6 +201,18 @@ def _upgrade_legacy(state: Dict[str, Any]) -> Dict[str, Any]:
                 'name': name, 'keys': torch.from_numpy(np.asarray(keys, np.int64)),
                 'pos': pos, 'has_gauss': has_gauss, 'cached_gaussian': cached})
     return state
+
+
+def _refusal_reason(e: BaseException) -> str:
+    """What the safe unpickler refused, without torch's advice to load unsafely."""
+    text = str(e)
+    found = re.search(r'GLOBAL ([\w.]+)', text)
+    if found:
+        return f'it refers to {found.group(1)}'
+    found = re.search(r'Unsupported operand (\d+)', text)
+    if found:
+        return f'pickle instruction {found.group(1)} is not allowed'
+    return 'the safe loader stopped'
 
 
 def _first_line(e: BaseException) -> str:

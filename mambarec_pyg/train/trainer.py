@@ -72,8 +72,8 @@ from ..config import RESUMABLE_CHANGES, Config, ConfigError, TrainConfig, to_dic
 from ..data.index import training_index
 from ..data.sampling import TrainingPairs
 from ..utils import progress, resolve_device
-from .checkpoint import (environment, load_checkpoint, rng_state, save_checkpoint,
-                         seed_everything, set_rng_state, write_json)
+from .checkpoint import (CheckpointError, environment, load_checkpoint, rng_state,
+                         save_checkpoint, seed_everything, set_rng_state, write_json)
 from .evaluate import Evaluator
 from .rundir import RunLock
 
@@ -111,6 +111,8 @@ class TrainResult:
     output_dir: Optional[str] = None
     #: warnings about the run (e.g. a loss that never moved).
     warnings: List[str] = field(default_factory=list)
+    #: epochs completed by this :meth:`Trainer.fit` (``epochs`` less those resumed).
+    new_epochs: int = 0
     #: the trained model (holding the best epoch's weights unless
     #: ``restore_best=False``).
     model: Optional[torch.nn.Module] = field(default=None, repr=False, compare=False)
@@ -253,6 +255,7 @@ class Trainer:
         self._lock: Optional[RunLock] = None
         self._written_epoch = 0  # epochs completed when last.pt was last written
         self._best_written = -1  # best epoch in best.pt
+        self._config_written = False
         self._last_write = 0.0
         self._session_epochs = 0
 
@@ -274,7 +277,12 @@ class Trainer:
         cfg = self.config
         state = None
         if self.resume and self.last_path is not None and self.last_path.is_file():
-            state = load_checkpoint(self.last_path)
+            try:
+                state = load_checkpoint(self.last_path)
+            except CheckpointError as e:
+                raise CheckpointError(f'{e}; a run cannot be resumed from it: start '
+                                      f'a new run (--overwrite or another --output)'
+                                      ) from None
             self._check_resume(state)  # before anything on disk changes
         if cfg.num_threads > 0:
             torch.set_num_threads(cfg.num_threads)
@@ -289,8 +297,6 @@ class Trainer:
         if self.output_dir is not None:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             self._log_file = open(self.output_dir / 'train.log', 'a')
-            if self.run_config is not None:
-                self.run_config.to_yaml(self.output_dir / 'config.yaml')
         if state is not None:
             self._restore(state)
             self._log(f'resumed from {self.last_path} after epoch {self.epoch - 1} '
@@ -521,6 +527,7 @@ class Trainer:
                          'valid': valid, 'test': test, 'best': True}]
         self.timings['eval_s'] = eval_s
         self.timings['total_s'] = eval_s
+        self.warnings = list(dict.fromkeys(self.warnings + self._split_warnings()))
         self._log(f'valid {_fmt(valid)} | test {_fmt(test)}')
         self._write_best()
         self._write_results('evaluated')
@@ -555,7 +562,7 @@ class Trainer:
 
     def _finish(self, status: str) -> None:
         self.warnings = list(dict.fromkeys(
-            self.warnings + list(self._diagnose())))
+            self.warnings + self._split_warnings() + list(self._diagnose())))
         for w in self.warnings:
             self._log(f'warning: {w}')
         self._write_last()
@@ -566,6 +573,18 @@ class Trainer:
         if self.best_epoch >= 0:
             self._log(f'best epoch {self.best_epoch}: valid {_fmt(self.best_valid)} | '
                       f'test {_fmt(self.best_test)}')
+
+    def _split_warnings(self) -> List[str]:
+        """What the results lack because the data have no valid or test split."""
+        out = []
+        if not self.has_valid:
+            out.append('the data have no validation interactions (x_label 1): no '
+                       'valid metrics, no early stopping, and the last epoch is '
+                       'reported')
+        if not self.has_test:
+            out.append('the data have no test interactions (x_label 2): no test '
+                       'metrics were computed')
+        return out
 
     def _diagnose(self) -> List[str]:
         diagnose = getattr(self.model, 'diagnose', None)
@@ -681,7 +700,8 @@ class Trainer:
     def load_best(self) -> bool:
         """Put the best epoch's weights into the model (from memory or ``best.pt``)."""
         state = self.best_state
-        if state is None and self.best_path is not None and self.best_path.is_file():
+        if state is None and self.best_path is not None and self._best_written >= 0 \
+                and self.best_path.is_file():  # not an earlier run's best.pt
             state = load_checkpoint(self.best_path)['model']
         if state is None:
             return False
@@ -698,12 +718,21 @@ class Trainer:
             self._write_best()
             self._write_results('running')
 
+    def _write_config(self) -> None:
+        """``config.yaml``, after the run's first checkpoint or results (so a run
+        stopped before that leaves an earlier run's files as they were)."""
+        if self._config_written or self.output_dir is None or self.run_config is None:
+            return
+        self.run_config.to_yaml(self.output_dir / 'config.yaml')
+        self._config_written = True
+
     def _write_last(self) -> None:
         if self.output_dir is None or self.optimizer is None or \
                 (self._written_epoch == self.epoch and self.last_path.is_file()):
             return
         t0 = time.perf_counter()
         save_checkpoint(self.last_path, self.state_dict())
+        self._write_config()
         self._written_epoch = self.epoch
         self._last_write = time.monotonic()
         self.timings['checkpoint_s'] = self.timings.get('checkpoint_s', 0.0) + \
@@ -719,6 +748,7 @@ class Trainer:
         state.update({'kind': 'best', 'model': self.best_state,
                       'epoch': self.best_epoch + 1})
         save_checkpoint(self.best_path, state)
+        self._write_config()
         self._best_written = self.best_epoch
         self.timings['checkpoint_s'] = self.timings.get('checkpoint_s', 0.0) + \
             time.perf_counter() - t0
@@ -729,7 +759,8 @@ class Trainer:
                            epochs=self.epoch, history=list(self.history),
                            timings=self._timings(),
                            output_dir=str(self.output_dir) if self.output_dir else None,
-                           warnings=list(self.warnings), model=self.model)
+                           warnings=list(self.warnings),
+                           new_epochs=self._session_epochs, model=self.model)
 
     def _timings(self) -> Dict[str, float]:
         t = dict(self.timings)
@@ -768,6 +799,7 @@ class Trainer:
     def _write_results(self, status: str, error: Optional[str] = None) -> None:
         if self.results_path is not None:
             write_json(self.results_path, self.results(status, error))
+            self._write_config()
 
     def _close(self, bar=None) -> None:
         if bar is not None:

@@ -1,6 +1,8 @@
 """Bad MMRec input stops with a DataError naming the file and the line/column/field."""
 from __future__ import annotations
 
+import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -235,3 +237,117 @@ def test_large_finite_features_pass_the_finiteness_check(root):
     np.save(root / 'tiny' / 'text_feat.npy', x)
     data = load_mmrec(root, 'tiny')
     assert np.array_equal(data['item'].text.numpy(), x)
+
+
+# ---------------------------------------------------------------------------------
+# Ids must be written canonically; features must be arrays of numbers
+# ---------------------------------------------------------------------------------
+@pytest.mark.parametrize('column, name', [(0, 'userID'), (1, 'itemID')])
+@pytest.mark.parametrize('value', ['1e1', '3.0', '+3', '-0', ' 3', '3 ', '03', '"3"',
+                                   '0x1', '1_0', '\uff13'])
+def test_non_canonical_ids_are_refused(root, column, name, value):
+    # pandas reads all of these as integers; they are refused by line, column, text
+    _set_field(root, 11, column, value)
+    with pytest.raises(DataError, match=rf"tiny\.inter: line 11, column '{name}': "
+                       rf"expected a non-negative integer id, got "
+                       rf"{re.escape(repr(value))} \(ids are plain decimal digits"):
+        load_mmrec(root, 'tiny')
+
+
+@pytest.mark.parametrize('value', ['+1', '1.0', '01', ' 1', '1e0'])
+def test_non_canonical_x_label_is_refused(root, value):
+    _set_field(root, 40, 4, value)
+    with pytest.raises(DataError, match=rf"tiny\.inter: line 40, column 'x_label': "
+                       rf"expected 0 \(train\), 1 \(valid\) or 2 \(test\), got "
+                       rf"{re.escape(repr(value))}"):
+        load_mmrec(root, 'tiny')
+
+
+@pytest.mark.parametrize('value', ['99999999999999999999', '9223372036854775808'])
+def test_an_id_beyond_int64_names_file_line_and_column(root, value):
+    _set_field(root, 9, 1, value)  # pandas raised a bare OverflowError / ValueError
+    with pytest.raises(DataError, match=rf"tiny\.inter: line 9, column 'itemID': id "
+                       rf"{value} is too large \(at most 2\*\*63 - 1\); expected "
+                       rf"dense ids"):
+        load_mmrec(root, 'tiny')
+
+
+def test_a_19_digit_id_within_int64_is_named_too(root):
+    _set_field(root, 9, 0, '9223372036854775807')
+    with pytest.raises(DataError, match=r"tiny\.inter: line 9, column 'userID': id "
+                       r"9223372036854775807 is far larger than the 320 "
+                       r"interactions"):
+        load_mmrec(root, 'tiny')
+
+
+def test_canonical_forms_are_read(root, released_tiny_dir):
+    # zero itself, CRLF line endings and no final newline are all fine
+    path = _inter(root)
+    path.write_bytes(path.read_text().rstrip('\n').replace('\n', '\r\n').encode())
+    got = read_inter(path)
+    want = read_inter(_inter(released_tiny_dir))
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+    assert got[0].min() == 0 and got[1].min() == 0 and set(got[2]) == {0, 1, 2}
+
+
+class _Payload:
+    """Unpickling this creates ``marker`` (a stand-in for any code)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, 'w')
+
+
+def _no_pickle_advice(message: str) -> None:
+    assert 'pickle' not in message.lower().replace('a python pickle', '')
+
+
+def test_a_text_file_saved_as_npy(root):
+    (root / 'tiny' / 'image_feat.npy').write_text('0.1 0.2 0.3\n0.4 0.5 0.6\n')
+    with pytest.raises(DataError, match=r"image_feat\.npy: not a readable \.npy "
+                       r"array: it is a text file \(it begins '0\.1 0\.2.*expected a "
+                       r"\.npy array of numbers \[items, dim\]") as e:
+        load_mmrec(root, 'tiny')
+    _no_pickle_advice(str(e.value))
+
+
+def test_an_object_array_npy_is_refused_unread(root, tmp_path):
+    marker = tmp_path / 'marker'
+    items = np.empty((30, 2), dtype=object)
+    items[:] = 0.5
+    items[3, 1] = _Payload(marker)
+    np.save(root / 'tiny' / 'image_feat.npy', items, allow_pickle=True)
+    with pytest.raises(DataError, match=r"image_feat\.npy: holds an array of Python "
+                       r"objects \(dtype object\), not numbers; expected a \.npy "
+                       r"array of numbers") as e:
+        load_mmrec(root, 'tiny')
+    _no_pickle_advice(str(e.value))
+    assert not marker.exists()
+    np.load(root / 'tiny' / 'image_feat.npy', allow_pickle=True)  # the control
+    assert marker.exists()
+
+
+@pytest.mark.parametrize('kind, found', [
+    ('npz', r'it is a zip archive \(an \.npz file\?\), not a single array'),
+    ('pickle', r'it is a Python pickle, not an array'),
+    ('empty', r'the file is empty'),
+    ('binary', r'it does not begin with the \.npy signature'),
+])
+def test_other_files_saved_as_npy(root, kind, found):
+    path = root / 'tiny' / 'text_feat.npy'
+    if kind == 'npz':
+        with open(path, 'wb') as f:
+            np.savez(f, x=np.zeros((30, 4), dtype=np.float32))
+    elif kind == 'pickle':
+        path.write_bytes(pickle.dumps(np.zeros((30, 4)).tolist()))
+    elif kind == 'empty':
+        path.write_bytes(b'')
+    else:
+        path.write_bytes(bytes(range(7, 71)))
+    with pytest.raises(DataError, match=rf"text_feat\.npy: not a readable \.npy "
+                       rf"array: {found}") as e:
+        load_mmrec(root, 'tiny')
+    _no_pickle_advice(str(e.value))
