@@ -335,6 +335,9 @@ def test_mambarec_diagnose_on_a_history(tiny_data):
     assert model.diagnose(flat[:2]) == []  # too short to say
     learning = flat[:2] + [{'epoch': 2, 'loss': {'bpr': 0.6}}]
     assert model.diagnose(learning) == []
+    # BPR close to ln 2 but the validation metric still improving: learning slowly
+    improving = [dict(r, best=r['epoch'] in (0, 3)) for r in flat]
+    assert model.diagnose(improving) == []
     # without InfoNCE the warm-up would not help: the hint says what might
     no_cl = MambaRec(tiny_data, MambaRecConfig(cl_weight=0.0))
     [warning] = no_cl.diagnose(flat)

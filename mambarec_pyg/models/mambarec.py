@@ -440,10 +440,15 @@ class MambaRec(Recommender):
         return {'cl_weight': self.cl_weight_now} if spec.cl_warmup_epochs else None
 
     def diagnose(self, history: Sequence[Dict[str, Any]]) -> List[str]:
-        """A run whose BPR loss never left ln 2 learned no ranking (with the released
-        weights InfoNCE can hold it there; docs/reference.md §8)."""
+        """A run whose BPR loss never left ln 2 (within 0.01, moving less than 0.005)
+        and whose validation metric never improved after the first epoch learned no
+        ranking (with the released weights InfoNCE can hold it there;
+        docs/reference.md §8)."""
         bpr = [r['loss']['bpr'] for r in history if 'bpr' in (r.get('loss') or {})]
-        if len(bpr) < 3 or any(abs(b - math.log(2)) > 0.005 for b in bpr):
+        # near chance (ln 2, the loss of all-equal scores), not moving, and no
+        # validation improvement after the first epoch
+        if len(bpr) < 3 or any(abs(b - math.log(2)) > 0.01 for b in bpr) or \
+                max(bpr) - min(bpr) > 0.005 or any(r.get('best') for r in history[1:]):
             return []
         hint = ('raise --model.cl-warmup-epochs (e.g. 10) to hold the InfoNCE weight '
                 'at 0 while BPR starts to learn' if self.spec.cl and
