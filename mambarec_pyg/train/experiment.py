@@ -53,7 +53,8 @@ def run(config: Config, output_dir: Optional[PathLike] = None, *,
     same config gives the same initial weights and the same run. ``data`` skips
     loading (it must be what ``config.data`` names); ``model_factory(data,
     config.model)`` replaces :func:`build_model`. The resolved config is written to
-    ``output_dir/config.yaml`` once the run has checked it may use the directory.
+    ``output_dir/config.yaml`` with the run's first checkpoint or results file, so a
+    run that stops before then leaves an earlier record in the directory as it was.
     """
     if data is None:
         data = load_dataset(config.data)
