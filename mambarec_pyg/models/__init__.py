@@ -18,6 +18,7 @@ from .bpr import BPR, BPRConfig  # noqa: E402
 from .lightgcn import LightGCN, LightGCNConfig  # noqa: E402
 from .vbpr import VBPR, VBPRConfig  # noqa: E402
 from .slmrec import SLMRec, SLMRecConfig  # noqa: E402
+from .lgmrec import LGMRec, LGMRecConfig  # noqa: E402
 from .freedom import FREEDOM, FREEDOMConfig  # noqa: E402
 from .bm3 import BM3, BM3Config  # noqa: E402
 from .mgcn import MGCN, MGCNConfig  # noqa: E402
