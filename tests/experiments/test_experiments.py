@@ -287,7 +287,7 @@ def test_bad_command_lines(tmp_path, capsys):
     assert 'MambaRec rows' in capsys.readouterr().err
     assert main(['experiment', 'tabel2']) == 2
     assert main(['experiment', 'table2', '--synthetic', 'tiny', '--data', 'd']) == 2
-    assert get_preset('mambarec-warmup').overrides == {'model.cl_warmup_epochs': 5}
+    assert get_preset('mambarec-warmup').overrides == {'model.cl_warmup_epochs': 10}
 
 
 def test_a_failed_run_is_reported_and_the_others_go_on(tmp_path, monkeypatch, capsys):
