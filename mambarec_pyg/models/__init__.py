@@ -21,6 +21,8 @@ from .slmrec import SLMRec, SLMRecConfig  # noqa: E402
 from .lgmrec import LGMRec, LGMRecConfig  # noqa: E402
 from .freedom import FREEDOM, FREEDOMConfig  # noqa: E402
 from .bm3 import BM3, BM3Config  # noqa: E402
+from .mmgcn import MMGCN, MMGCNConfig  # noqa: E402
+from .grcn import GRCN, GRCNConfig  # noqa: E402
 from .mgcn import MGCN, MGCNConfig  # noqa: E402
 from .mambarec import MambaRec, MambaRecConfig, MambaRecOutput  # noqa: E402
 
