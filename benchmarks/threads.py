@@ -12,8 +12,9 @@ so the policy applies before torch loads its OpenMP runtime) for three settings:
   (``OMP_WAIT_POLICY=PASSIVE`` unless the environment already sets it);
 * ``1 thread`` -- ``--train.num-threads 1``;
 
-each alone and while a competing process keeps one core busy (a tight Python loop,
-or ``--competitor matmul`` for a numpy matrix loop).
+each alone and while a competing process runs: a tight Python loop (one core busy,
+the default), ``--competitor torch`` (another torch process with two threads, like a
+second training run) or ``--competitor matmul`` (a numpy matrix loop).
 
     python benchmarks/threads.py [--preset tiny] [--epochs 5]
     python benchmarks/threads.py --preset baby --epochs 2
@@ -42,6 +43,9 @@ SETTINGS = {
 
 _BUSY = {
     'python': 'while True:\n    pass\n',
+    # another training-like process: torch with two threads and its own waits
+    'torch': 'import torch\ntorch.set_num_threads(2)\na = torch.randn(256, 256)\n'
+             'while True:\n    a = torch.tanh(a @ a)\n',
     'matmul': 'import numpy as np\na = np.random.rand(400, 400)\nwhile True:\n'
               '    a = a @ a\n    a /= np.abs(a).max()\n',
 }

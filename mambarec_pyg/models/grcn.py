@@ -79,8 +79,8 @@ over the CSR rows and the aggregations CSR products, with hand-written backward
 passes (:func:`edge_dot`, :func:`row_softmax`, :func:`edge_spmm`) that reuse the
 transposed pattern; ``propagation='edges'`` is PyG's gather-scatter over the same
 edges (MMRec's computation; same values). Rows are normalised by
-:func:`l2_normalize` (:func:`torch.nn.functional.normalize` with a two-pass
-backward) on both paths.
+:func:`~mambarec_pyg.nn.functional.normalize_rows`
+(:func:`torch.nn.functional.normalize` with a two-pass backward) on both paths.
 """
 from __future__ import annotations
 
@@ -100,12 +100,13 @@ from torch_geometric.utils import softmax
 from ..config import ModelConfig, check_choice, check_positive_int, check_range
 from ..data.index import training_index
 from ..data.sampling import BPRBatch
+from ..nn.functional import normalize_rows
 from ..nn.losses import bpr_loss
 from .base import Recommender
 from .registry import register
 
 __all__ = ['GRCN', 'GRCNConfig', 'GRCNAttention', 'RefinedPropagation',
-           'EdgePattern', 'edge_dot', 'edge_spmm', 'row_softmax', 'l2_normalize']
+           'EdgePattern', 'edge_dot', 'edge_spmm', 'row_softmax']
 
 
 def _csr(rowptr: Tensor, col: Tensor, values: Tensor, size) -> Tensor:
@@ -276,34 +277,6 @@ def row_softmax(pattern: EdgePattern, scores: Tensor) -> Tensor:
     return _RowSoftmax.apply(scores, pattern)
 
 
-class _Normalize(torch.autograd.Function):
-    EPS = 1e-12
-
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        norm = torch.linalg.vector_norm(x, dim=1, keepdim=True)
-        kept = norm >= _Normalize.EPS
-        norm = norm.clamp_(min=_Normalize.EPS)
-        out = x / norm
-        ctx.save_for_backward(out, norm, kept)
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor):
-        out, norm, kept = ctx.saved_tensors
-        dot = (grad * out).sum(dim=1, keepdim=True).mul_(kept)
-        return torch.addcmul(grad, out, dot, value=-1.0).div_(norm)
-
-
-def l2_normalize(x: Tensor) -> Tensor:
-    r"""Rows divided by their L2 norm (at least :math:`10^{-12}`): the value of
-    :func:`torch.nn.functional.normalize`, with the backward pass in two passes,
-    :math:`(\mathbf{g} - \mathbf{y}\,(\mathbf{g}^\top\mathbf{y})) / \|x\|`
-    (:math:`\mathbf{g} / 10^{-12}` for a row below the floor)."""
-    return _Normalize.apply(x)
-
-
 def _pair(x) -> Tuple[Tensor, Optional[Tensor]]:
     if isinstance(x, (tuple, list)):
         return x[0], x[1]
@@ -441,11 +414,11 @@ class _ContentGCN(torch.nn.Module):
     def forward(self, features: Tensor, attention: GRCNAttention, to_users: dict,
                 to_items: dict, routing: int) -> Tuple[Tensor, ...]:
         """``(user rep, item rep, alpha to users, alpha to items)``."""
-        f = l2_normalize(F.leaky_relu(self.mlp(features)))
-        p = l2_normalize(self.preference)
+        f = normalize_rows(F.leaky_relu(self.mlp(features)))
+        p = normalize_rows(self.preference)
         for _ in range(routing):
             msg, _ = attention((f, p), **to_users)
-            p = l2_normalize(p + msg)
+            p = normalize_rows(p + msg)
         msg_u, alpha_u = attention((f, p), **to_users)
         msg_i, alpha_i = attention((p, f), **to_items)
         return p + msg_u, f + msg_i, alpha_u, alpha_i
@@ -513,7 +486,7 @@ class GRCN(Recommender):
         w_u = self._refine(alpha_u, self.confidence.index_select(
             0, self.to_users.col + U))
         w_i = self._refine(alpha_i, self.confidence.index_select(0, self.to_items.col))
-        e = l2_normalize(self.id_embedding)
+        e = normalize_rows(self.id_embedding)
         e_u, e_i = e[:U], e[U:]
         e1_u = self.refined(e_i, edge_weight=w_u, **to_users)
         e1_i = self.refined(e_u, edge_weight=w_i, **to_items)

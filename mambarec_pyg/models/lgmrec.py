@@ -159,12 +159,13 @@ from ..data.index import UI
 from ..data.sampling import BPRBatch
 from ..data.transforms import UserItemNorm
 from ..nn.conv import LightGCNConv, LightGCNPropagation, WeightedPropagation
+from ..nn.functional import frozen_product, normalize_rows
 from ..nn.losses import bpr_loss, emb_loss
 from .base import Recommender, SparseGraphs, user_item_matrices
 from .registry import register
 
 __all__ = ['LGMRec', 'LGMRecConfig', 'LGMRecOutput', 'DATASET_DEFAULTS', 'hcl_loss',
-           'row_logsumexp_sum', 'normalize_rows', 'frozen_product']
+           'row_logsumexp_sum']
 
 #: MMRec's per-dataset blocks of ``LGMRec.yaml`` as ``Config.with_overrides`` keys
 #: (Baby is the active block and the config's defaults; Sports and Clothing are
@@ -249,62 +250,6 @@ class LGMRecOutput(NamedTuple):
 
 
 # ---------------------------------------------------------------------------------
-class _FrozenProduct(torch.autograd.Function):
-    r""":math:`\mathbf{X}\mathbf{W}` for a constant tall :math:`\mathbf{X}`, with
-    :math:`\partial\mathbf{W} = (\mathbf{G}^\top\mathbf{X})^\top` (on a CPU about
-    1.6 times faster than autograd's :math:`\mathbf{X}^\top\mathbf{G}` for the
-    4096-d image table)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, w: Tensor) -> Tensor:
-        ctx.save_for_backward(x)
-        return x @ w
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor):
-        x, = ctx.saved_tensors
-        return None, (grad.t() @ x).t()
-
-
-def frozen_product(x: Tensor, w: Tensor, fused: bool = True) -> Tensor:
-    r""":math:`\mathbf{X}\mathbf{W}`, differentiable in ``w`` only (``x`` is a
-    frozen feature table). ``fused=False``: plain ``x @ w`` under autograd."""
-    return _FrozenProduct.apply(x, w) if fused else x.detach() @ w
-
-
-class _NormalizeRows(torch.autograd.Function):
-    r""":func:`torch.nn.functional.normalize` over the last dimension,
-    :math:`\mathbf{y} = \mathbf{x}/\max(\|\mathbf{x}\|, \epsilon)`, with the
-    gradient :math:`(\mathbf{g} - \mathbf{y}\,(\mathbf{y}^\top\mathbf{g}))/n` (just
-    :math:`\mathbf{g}/\epsilon` on rows where the norm is clamped)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, eps: float) -> Tensor:
-        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-        clamped = norm < eps
-        norm.clamp_min_(eps)
-        y = x / norm
-        ctx.save_for_backward(y, norm, clamped)
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor):
-        y, norm, clamped = ctx.saved_tensors
-        dot = (y * grad).sum(dim=-1, keepdim=True).masked_fill_(clamped, 0.0)
-        return (grad - y * dot).div_(norm), None
-
-
-def normalize_rows(x: Tensor, fused: bool = True, eps: float = 1e-12) -> Tensor:
-    r"""Row-wise L2 normalisation over the last dimension, the values and
-    gradients of ``F.normalize(x, dim=-1, eps=eps)`` (``fused=False`` calls it):
-    the fused path has a hand-written backward pass, about twice as fast."""
-    if not fused:
-        return F.normalize(x, dim=-1, eps=eps)
-    return _NormalizeRows.apply(x, eps)
-
-
 #: logits per block in :func:`row_logsumexp_sum` (4 MiB in float32: a block stays
 #: in cache from its product through its exponential and sums).
 BLOCK_ELEMENTS = 1 << 20

@@ -77,7 +77,7 @@ rows: :math:`(\bar{\mathbf{A}}\mathbf{x})\mathbf{W} = \bar{\mathbf{A}}
 (\mathbf{x}\mathbf{W})`, so each direction's product with :math:`\mathbf{W}^l`
 runs on :math:`\min(U, N)` rows (on Baby the :math:`D \times D` products of the
 first layer on :math:`2N` rows instead of :math:`U + N`). The input rows are normalised by
-:func:`~mambarec_pyg.models.grcn.l2_normalize` (the value of
+:func:`~mambarec_pyg.nn.functional.normalize_rows` (the value of
 :func:`torch.nn.functional.normalize`, a cheaper backward pass).
 """
 from __future__ import annotations
@@ -99,9 +99,9 @@ from ..data.graphs import sparse_from_edges
 from ..data.index import training_index
 from ..data.sampling import BPRBatch
 from ..nn.conv import sparse_propagate
+from ..nn.functional import normalize_rows
 from ..nn.losses import bpr_loss
 from .base import Recommender, SparseGraphs
-from .grcn import l2_normalize
 from .registry import register
 
 __all__ = ['MMGCN', 'MMGCNConfig', 'MMGCNConv', 'mean_adjacency']
@@ -303,7 +303,7 @@ class _ModalityGCN(torch.nn.Module):
         # Users and items are kept apart (no concatenated copies of the wide first
         # layer); row-wise ops are the same on both halves.
         items = self.latent(features) if self.latent is not None else features
-        x_u, x_i = l2_normalize(self.preference), l2_normalize(items)
+        x_u, x_i = normalize_rows(self.preference), normalize_rows(items)
         U = x_u.size(0)
         e_u, e_i = id_embedding[:U], id_embedding[U:]
         for conv, lin, comb in zip(self.convs, self.linears, self.combines):

@@ -4,6 +4,7 @@ baselines)."""
 from .conv import (LightGCNConv, LightGCNPropagation, WeightedPropagation,
                    sparse_propagate)
 from .dream import DREAM
+from .functional import frozen_product, normalize_rows
 from .fusion import ModalityFusion
 from .losses import InfoNCELoss, MMDLoss, bpr_loss, emb_loss, info_nce, mmd_loss
 from .projection import Projection, reduced_width
@@ -17,6 +18,8 @@ __all__ = [
     'WeightedPropagation',
     'sparse_propagate',
     'ModalityFusion',
+    'normalize_rows',
+    'frozen_product',
     'bpr_loss',
     'emb_loss',
     'info_nce',

@@ -14,7 +14,8 @@ from mambarec_pyg.data.sampling import BPRBatch
 from mambarec_pyg.models import Popularity
 from mambarec_pyg.models.grcn import (GRCN, EdgePattern, GRCNAttention, GRCNConfig,
                                       RefinedPropagation, edge_dot, edge_spmm,
-                                      l2_normalize, row_softmax)
+                                      row_softmax)
+from mambarec_pyg.nn.functional import normalize_rows as l2_normalize
 from mambarec_pyg.train.evaluate import evaluate
 
 UI = ('user', 'interacts', 'item')

@@ -15,8 +15,8 @@ from mambarec_pyg.cli import main
 from mambarec_pyg.config import Config, ConfigError, DataConfig
 from mambarec_pyg.data.sampling import BPRBatch
 from mambarec_pyg.models import LGMRec, LGMRecConfig, Popularity
-from mambarec_pyg.models.lgmrec import (DATASET_DEFAULTS, frozen_product, hcl_loss,
-                                        normalize_rows, row_logsumexp_sum)
+from mambarec_pyg.models.lgmrec import DATASET_DEFAULTS, hcl_loss, row_logsumexp_sum
+from mambarec_pyg.nn.functional import frozen_product, normalize_rows
 from mambarec_pyg.train.evaluate import evaluate
 
 UI = ('user', 'interacts', 'item')
