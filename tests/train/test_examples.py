@@ -36,6 +36,7 @@ def test_amazon_baby_uses_mmrec_files_when_present(tmp_path, tiny_data, capsys,
     assert code == 0
     out = capsys.readouterr().out
     assert 'Amazon Baby from' in out and 'MambaRec (paper)' in out
+    assert 'most-popular (floor)' in out
     assert 'R@10' in out and 'N@20' in out and 'results:' in out
     saved = json.loads((tmp_path / 'run' / 'results.json').read_text())
     model = saved['config']['model']
