@@ -319,8 +319,21 @@ class Trainer:
                           f'{cfg.lr_decay:g} per {cfg.lr_decay_epochs:g} epochs')
             else:
                 self._log(f'{name} has nothing to train; evaluating it once')
+        self._note_thread_policy()
         self._last_write = time.monotonic()
         self._written_epoch = self.epoch
+
+    def _note_thread_policy(self) -> None:
+        """Say so when OpenMP threads may spin while waiting (torch was imported
+        before mambarec_pyg could set ``OMP_WAIT_POLICY=PASSIVE``): with other work
+        on the cores such runs can train many times slower."""
+        from .. import OMP_POLICY_APPLIED
+        if self.device.type == 'cpu' and torch.get_num_threads() > 1 and \
+                not OMP_POLICY_APPLIED:
+            self._log('note: torch was imported before mambarec_pyg, so its OpenMP '
+                      'threads spin while they wait; if other work shares the CPU, '
+                      'set OMP_WAIT_POLICY=PASSIVE in the environment or use '
+                      '--train.num-threads 1 (benchmarks/threads.py)')
 
     def _fused(self) -> bool:
         return bool(self.optimizer.defaults.get('fused'))
