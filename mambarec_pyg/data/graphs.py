@@ -107,22 +107,30 @@ def _check_edge_index(edge_index: Tensor, num_users: int, num_items: int,
     return edge_index
 
 
-def user_item_weights(edge_index: Tensor, num_users: int, num_items: int) -> Tensor:
+def user_item_weights(edge_index: Tensor, num_users: int, num_items: int,
+                      index=None) -> Tensor:
     r"""LightGCN weights :math:`1/\sqrt{d_u d_i}` of the user-item edges, float64.
 
     :math:`d` counts distinct pairs. A pair repeated :math:`c` times in
     ``edge_index`` gets :math:`1/(c\sqrt{d_u d_i})` on each copy, so propagation
-    (which sums over edges) sees every pair once, with its full weight.
+    (which sums over edges) sees every pair once, with its full weight. ``index``:
+    the :class:`~mambarec_pyg.data.index.TrainingIndex` of these edges, whose
+    degrees are then used instead of counting again.
     """
     edge_index = _check_edge_index(edge_index, num_users, num_items,
                                    'user_item_weights')
-    key = edge_index[0] * num_items + edge_index[1]
-    distinct, inverse, counts = torch.unique(key, return_inverse=True,
-                                             return_counts=True)
-    deg_u = torch.bincount(distinct // num_items, minlength=num_users).double()
-    deg_i = torch.bincount(distinct % num_items, minlength=num_items).double()
+    if index is None:
+        from .index import TrainingIndex
+        index = TrainingIndex(edge_index, num_users, num_items)
+    deg_u = index.user_degree.to(edge_index.device).double()
+    deg_i = index.item_degree.to(edge_index.device).double()
     value = _inv_sqrt(deg_u)[edge_index[0]] * _inv_sqrt(deg_i)[edge_index[1]]
-    return value / counts[inverse].double()
+    if index.has_repeats:
+        key = edge_index[0] * num_items + edge_index[1]
+        _, inverse, counts = torch.unique(key, return_inverse=True,
+                                          return_counts=True)
+        value = value / counts[inverse].double()
+    return value
 
 
 def normalized_adjacency(edge_index: Tensor, num_users: int, num_items: int, *,

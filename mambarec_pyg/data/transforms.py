@@ -43,7 +43,7 @@ from ..io import atomic_path
 from ..utils import cached_on, tensor_fingerprint
 from .errors import DataError
 from .graphs import WEIGHTINGS, knn_edges, user_item_weights
-from .index import UI
+from .index import UI, training_index
 
 __all__ = ['GraphTransform', 'UserItemNorm', 'ItemKNN', 'apply_transforms',
            'knn_relation', 'content_hash']
@@ -122,7 +122,9 @@ class UserItemNorm(GraphTransform):
     r"""The LightGCN-normalised user-item graph as weights of the training edges.
 
     Stores ``data['user', 'interacts', 'item'].edge_weight`` :math:`= 1/\sqrt{d_u d_i}`
-    (degrees over distinct training pairs; :func:`~.graphs.user_item_weights`), so
+    (degrees over distinct training pairs, from the dataset's shared
+    :func:`~mambarec_pyg.data.index.training_index`;
+    :func:`~.graphs.user_item_weights`), so
     :math:`\hat{\mathbf{R}}` and the symmetric adjacency
     :math:`\mathbf{D}^{-1/2}\mathbf{A}\mathbf{D}^{-1/2}` are the training edges with
     these weights (:func:`~.graphs.normalized_adjacency`). MMRec's models add 1e-7 (or
@@ -145,7 +147,7 @@ class UserItemNorm(GraphTransform):
     def compute(self, data):
         store = data[UI]
         w = user_item_weights(store.edge_index, int(data['user'].num_nodes),
-                              int(data['item'].num_nodes))
+                              int(data['item'].num_nodes), training_index(data))
         return {UI: {'edge_weight': w}}
 
     def __repr__(self) -> str:
