@@ -13,6 +13,9 @@ import torch
 
 FIXTURES = Path(__file__).parent / 'fixtures'
 
+# the shared helpers' asserts report their operands like the tests' own
+pytest.register_assert_rewrite('support')
+
 
 def pytest_configure(config):
     # The tests use tiny tensors, which gain nothing from a second thread; on a busy

@@ -1,16 +1,28 @@
 """Helpers shared by test files: a small matrix-factorisation model registered from
-the tests, as a user would register their own model."""
+the tests, as a user would register their own model; random BPR batches, item-feature
+variants of a dataset and float64 construction for the per-model formula tests; and
+the "beats most-popular through the CLI" learning check."""
 from __future__ import annotations
 
+import contextlib
+import json
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from pathlib import Path
+from typing import Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch_geometric.data import HeteroData
 
+from mambarec_pyg.cli import main
 from mambarec_pyg.config import ModelConfig
-from mambarec_pyg.models import Recommender, register
+from mambarec_pyg.data.sampling import BPRBatch
+from mambarec_pyg.models import Popularity, Recommender, register
+from mambarec_pyg.train.evaluate import evaluate
+
+UI = ('user', 'interacts', 'item')
 
 
 @dataclass
@@ -55,3 +67,111 @@ class MF(Recommender):
         reg = self.config.reg_weight * (eu.pow(2).sum() + ep.pow(2).sum() +
                                         en.pow(2).sum()) / 2 / batch.nominal_size
         return {'total': bpr + reg, 'bpr': bpr, 'reg': reg}
+
+
+# -- building blocks of the per-model tests ----------------------------------------
+def random_batch(data, size: int = 32, seed: int = 0,
+                 nominal_size: Optional[int] = None) -> BPRBatch:
+    """``size`` BPR triples drawn from ``data``'s training edges with a fresh
+    ``torch.Generator`` seeded with ``seed``: first ``size`` edge indices, then
+    ``size`` uniform negative items (that order, so the draws are fixed by the seed).
+
+    ``nominal_size`` is the batch's configured size :math:`B` (what the per-batch
+    regularisers divide by); ``None``: ``size``. The result unpacks as
+    ``users, pos, neg``."""
+    g = torch.Generator().manual_seed(seed)
+    ei = data[UI].edge_index
+    idx = torch.randint(0, ei.size(1), (size, ), generator=g)
+    neg = torch.randint(0, data['item'].num_nodes, (size, ), generator=g)
+    return BPRBatch(ei[0, idx], ei[1, idx], neg,
+                    size if nominal_size is None else nominal_size)
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Make ``dtype`` torch's default dtype inside the block (e.g. to build a model
+    in float64); the previous default is restored on leaving, also on an error."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def with_item_features(base, features: Mapping[str, Tensor], name: Optional[str] = None,
+                       splits: bool = False) -> HeteroData:
+    """A new dataset with ``base``'s users, items and (cloned) training edges and the
+    item feature tables ``features`` (taken as given; their order is
+    ``data.modalities``). ``name``: set as ``data.name``; ``splits``: the validation
+    and test edges are cloned too."""
+    data = HeteroData()
+    if name is not None:
+        data.name = name
+    data['user'].num_nodes = base['user'].num_nodes
+    data['item'].num_nodes = base['item'].num_nodes
+    for m, x in features.items():
+        data['item'][m] = x
+    data.modalities = tuple(features)
+    keys = ('edge_index', 'valid_edge_label_index', 'test_edge_label_index')
+    for key in keys if splits else keys[:1]:
+        data[UI][key] = base[UI][key].clone()
+    return data
+
+
+def with_modalities(base, names: Sequence[str]) -> HeteroData:
+    """``base`` with the feature tables ``names``: clones of ``base``'s own, and a
+    random 20-wide table (seed 3, drawn in ``names`` order) for any other name (e.g.
+    ``'audio'``)."""
+    g = torch.Generator().manual_seed(3)
+    return with_item_features(base, {
+        m: (base['item'][m].clone() if m in base.modalities else
+            torch.randn(base['item'].num_nodes, 20, generator=g))
+        for m in names})
+
+
+def feature_variants(base) -> Dict[str, HeteroData]:
+    """``base`` under ``'image+text'``, with its text table alone (``'text'``) and
+    with a random 12-wide ``'audio'`` table (seed 0) added (``'image+text+audio'``)."""
+    feats = {m: base['item'][m].clone() for m in base.modalities}
+    audio = torch.randn(base['item'].num_nodes, 12,
+                        generator=torch.Generator().manual_seed(0))
+    return {'image+text': base,
+            'text': with_item_features(base, {'text': feats['text']}),
+            'image+text+audio': with_item_features(base, dict(feats, audio=audio))}
+
+
+def numpy_bipartite_adjacency(data, edges: Optional[np.ndarray] = None) -> np.ndarray:
+    """The 0/1 adjacency matrix ``[[0, R], [R^T, 0]]`` (float64, users first) of the
+    user-item graph of ``data``'s training edges, or of ``edges`` (``[2, E]``: user
+    ids, item ids)."""
+    U, N = data['user'].num_nodes, data['item'].num_nodes
+    ei = data[UI].edge_index.numpy() if edges is None else edges
+    A = np.zeros((U + N, U + N))
+    A[ei[0], U + ei[1]] = 1.0
+    A[U + ei[1], ei[0]] = 1.0
+    return A
+
+
+# -- learning through the command line ---------------------------------------------
+def train_through_cli(tmp_path: Path, name: str, *flags: str) -> dict:
+    """``mambarec train --synthetic tiny --model.name NAME`` on the CPU, quietly, into
+    ``tmp_path / NAME`` with the extra ``flags``; checks the exit status is 0 and
+    returns the run's ``results.json``."""
+    out = Path(tmp_path) / name
+    assert main(['train', '--synthetic', 'tiny', '--model.name', name, '--output',
+                 str(out), '--device', 'cpu', '--quiet', *flags]) == 0
+    return json.loads((out / 'results.json').read_text())
+
+
+def popularity_recall(data, split: str = 'valid') -> float:
+    """Recall@20 of the most-popular baseline on ``data``'s ``split``."""
+    return evaluate(Popularity(data), data, split)['recall@20']
+
+
+def assert_beats_popularity(results: dict, data, margin: float = 0.05) -> None:
+    """The run's validation Recall@20 (``results``: its ``results.json``) is more
+    than ``margin`` above the most-popular baseline's on ``data``."""
+    got = results['valid']['recall@20']
+    popularity = popularity_recall(data)
+    assert got > popularity + margin, (got, popularity)

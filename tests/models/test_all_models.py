@@ -11,7 +11,8 @@ import json
 
 import pytest
 import torch
-from torch_geometric.data import HeteroData
+
+from support import default_dtype, random_batch, with_item_features
 
 from mambarec_pyg.config import Config, DataConfig, TrainConfig
 from mambarec_pyg.data.errors import DataError
@@ -26,28 +27,15 @@ BUILT_IN = [name for name in list_models() if name in PAPER_ORDER]
 TRAINABLE = [name for name in BUILT_IN if name != 'popularity']
 
 
-def _with_features(base, features: dict) -> HeteroData:
-    data = HeteroData()
-    data.name = 'test'
-    data['user'].num_nodes = base['user'].num_nodes
-    data['item'].num_nodes = base['item'].num_nodes
-    for m, x in features.items():
-        data['item'][m] = x
-    data.modalities = tuple(features)
-    for key in ('edge_index', 'valid_edge_label_index', 'test_edge_label_index'):
-        data[UI][key] = base[UI][key].clone()
-    return data
-
-
 @pytest.fixture(scope='module')
 def datasets(tiny_data):
     g = torch.Generator().manual_seed(0)
     feats = {m: tiny_data['item'][m].clone() for m in tiny_data.modalities}
     three = dict(feats, audio=torch.randn(tiny_data['item'].num_nodes, 20,
                                           generator=g))
-    return {3: _with_features(tiny_data, three),
-            1: _with_features(tiny_data, {'text': feats['text']}),
-            0: _with_features(tiny_data, {})}
+    variants = {3: three, 1: {'text': feats['text']}, 0: {}}
+    return {n: with_item_features(tiny_data, features, name='test', splits=True)
+            for n, features in variants.items()}
 
 
 def test_the_paper_models_are_registered():
@@ -70,12 +58,7 @@ def test_one_epoch_any_modalities_or_a_clear_error(name, num_modalities, dataset
     model = build_model(data, get_config_class(name)())
     model.train()
     model.on_epoch_start(0)
-    g = torch.Generator().manual_seed(0)
-    ei = data[UI].edge_index
-    idx = torch.randint(0, ei.size(1), (64, ), generator=g)
-    batch = BPRBatch(ei[0, idx], ei[1, idx],
-                     torch.randint(0, data['item'].num_nodes, (64, ), generator=g), 64)
-    parts = model.loss(batch)
+    parts = model.loss(random_batch(data, 64))
     assert 'total' in parts and all(v.dim() == 0 for v in parts.values())
     assert all(torch.isfinite(v) for v in parts.values())
     parts['total'].backward()
@@ -121,26 +104,18 @@ def test_save_resume_evaluate_recommend_round_trip(name, tiny_data, tmp_path):
 def test_cuda_matches_cpu(name, tiny_data):
     """Loss parts, gradients and eval embeddings of one batch on CUDA and on the CPU
     (float64, same weights; models with random draws in training use eval mode)."""
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with default_dtype(torch.float64):
         seed_everything(0)
         cpu = build_model(tiny_data, get_config_class(name)())
         seed_everything(0)
         gpu = build_model(tiny_data, get_config_class(name)())
-    finally:
-        torch.set_default_dtype(default)
     gpu.load_state_dict(cpu.state_dict())
     gpu = gpu.cuda()
     for model in (cpu, gpu):
         model.train(not model.stochastic_training)
         model.on_epoch_start(0)
-    g = torch.Generator().manual_seed(0)
-    ei = tiny_data[UI].edge_index
-    idx = torch.randint(0, ei.size(1), (64, ), generator=g)
-    batch = (ei[0, idx], ei[1, idx],
-             torch.randint(0, tiny_data['item'].num_nodes, (64, ), generator=g))
-    parts_cpu = cpu.loss(BPRBatch(*batch, 64))
+    batch = random_batch(tiny_data, 64)
+    parts_cpu = cpu.loss(batch)
     parts_gpu = gpu.loss(BPRBatch(*(t.cuda() for t in batch), 64))
     assert parts_cpu.keys() == parts_gpu.keys()
     for key in parts_cpu:

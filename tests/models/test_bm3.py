@@ -3,70 +3,39 @@ projections and predictor as MMRec orders them), its dropout target views with a
 fixed generator, and it learns."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch_geometric.data import HeteroData
 
-from mambarec_pyg.cli import main
+from support import (assert_beats_popularity, default_dtype, feature_variants,
+                     numpy_bipartite_adjacency, random_batch, train_through_cli)
+
 from mambarec_pyg.config import ConfigError
 from mambarec_pyg.data.sampling import BPRBatch
-from mambarec_pyg.models import BM3, BM3Config, Popularity
-from mambarec_pyg.train.evaluate import evaluate
-
-UI = ('user', 'interacts', 'item')
+from mambarec_pyg.models import BM3, BM3Config
 
 
 @pytest.fixture(scope='module')
 def variants(tiny_data):
-    feats = {m: tiny_data['item'][m].clone() for m in tiny_data.modalities}
-    audio = torch.randn(tiny_data['item'].num_nodes, 12,
-                        generator=torch.Generator().manual_seed(0))
-
-    def data_with(features):
-        data = HeteroData()
-        data['user'].num_nodes = tiny_data['user'].num_nodes
-        data['item'].num_nodes = tiny_data['item'].num_nodes
-        for m, x in features.items():
-            data['item'][m] = x
-        data.modalities = tuple(features)
-        data[UI].edge_index = tiny_data[UI].edge_index.clone()
-        return data
-
-    return {'image+text': tiny_data, 'text': data_with({'text': feats['text']}),
-            'image+text+audio': data_with(dict(feats, audio=audio))}
+    return feature_variants(tiny_data)
 
 
 def _build(data, **kwargs) -> BM3:
     torch.manual_seed(0)
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with default_dtype(torch.float64):
         return BM3(data, BM3Config(**kwargs))
-    finally:
-        torch.set_default_dtype(default)
 
 
 def _numpy_adjacency(data):
-    U, N = data['user'].num_nodes, data['item'].num_nodes
-    ei = data[UI].edge_index.numpy()
-    A = np.zeros((U + N, U + N))
-    A[ei[0], U + ei[1]] = 1.0
-    A[U + ei[1], ei[0]] = 1.0
+    A = numpy_bipartite_adjacency(data)
     deg = A.sum(1)
     inv = np.where(deg > 0, deg, 1.0) ** -0.5
     return torch.from_numpy(inv[:, None] * A * inv[None, :])
 
 
-def _batch(data, n=48, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    ei = data[UI].edge_index
-    idx = torch.randint(0, ei.size(1), (n, ), generator=g)
-    return BPRBatch(ei[0, idx], ei[1, idx],
-                    torch.randint(0, data['item'].num_nodes, (n, ), generator=g), n)
+def _batch(data) -> BPRBatch:
+    return random_batch(data, 48, seed=1)
 
 
 class _Plain:
@@ -210,10 +179,6 @@ def test_negatives_are_ignored(tiny_data):
 
 
 def test_beats_popularity_through_the_cli(tiny_data, tmp_path):
-    out = tmp_path / 'bm3'
-    assert main(['train', '--synthetic', 'tiny', '--model.name', 'bm3', '--output',
-                 str(out), '--device', 'cpu', '--quiet', '--train.batch-size', '64',
-                 '--train.lr', '0.01', '--train.max-epochs', '12']) == 0
-    got = json.loads((out / 'results.json').read_text())['valid']['recall@20']
-    popularity = evaluate(Popularity(tiny_data), tiny_data, 'valid')['recall@20']
-    assert got > popularity + 0.05, (got, popularity)
+    results = train_through_cli(tmp_path, 'bm3', '--train.batch-size', '64',
+                                '--train.lr', '0.01', '--train.max-epochs', '12')
+    assert_beats_popularity(results, tiny_data)

@@ -1,33 +1,19 @@
 """BPR-MF against a plain numpy computation of MMRec's formulas, and it learns."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 
-from mambarec_pyg.cli import main
-from mambarec_pyg.data.sampling import BPRBatch
-from mambarec_pyg.models import BPR, BPRConfig, Popularity
-from mambarec_pyg.train.evaluate import evaluate
+from support import assert_beats_popularity, random_batch, train_through_cli
 
-UI = ('user', 'interacts', 'item')
-
-
-def _batch(data, size=32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    ei = data[UI].edge_index
-    idx = torch.randint(0, ei.size(1), (size, ), generator=g)
-    return BPRBatch(ei[0, idx], ei[1, idx],
-                    torch.randint(0, data['item'].num_nodes, (size, ), generator=g),
-                    size)
+from mambarec_pyg.models import BPR, BPRConfig
 
 
 def test_scores_and_loss_match_numpy(tiny_data):
     torch.manual_seed(0)
     model = BPR(tiny_data, BPRConfig(embedding_size=8, reg_weight=0.3)).double()
-    batch = _batch(tiny_data)
+    batch = random_batch(tiny_data)
     P = model.user_embedding.weight.detach().numpy()
     Q = model.item_embedding.weight.detach().numpy()
     user, item = model.embed()
@@ -52,10 +38,6 @@ def test_xavier_normal_initialisation(tiny_data):
 
 
 def test_beats_popularity_through_the_cli(tiny_data, tmp_path):
-    out = tmp_path / 'bpr'
-    assert main(['train', '--synthetic', 'tiny', '--model.name', 'bpr', '--output',
-                 str(out), '--device', 'cpu', '--quiet', '--train.batch-size', '128',
-                 '--train.lr', '0.01', '--train.max-epochs', '20']) == 0
-    got = json.loads((out / 'results.json').read_text())['valid']['recall@20']
-    popularity = evaluate(Popularity(tiny_data), tiny_data, 'valid')['recall@20']
-    assert got > popularity + 0.05, (got, popularity)
+    results = train_through_cli(tmp_path, 'bpr', '--train.batch-size', '128',
+                                '--train.lr', '0.01', '--train.max-epochs', '20')
+    assert_beats_popularity(results, tiny_data)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from support import default_dtype, random_batch
+
 from mambarec_pyg.config import MambaRecConfig
 from mambarec_pyg.data.graphs import item_item_graph, normalized_adjacency
 from mambarec_pyg.data.sampling import BPRBatch
@@ -16,30 +18,18 @@ pytestmark = [pytest.mark.cuda,
 UI = ('user', 'interacts', 'item')
 
 
-def _batch(data, size=64):
-    g = torch.Generator().manual_seed(0)
-    edge_index = data[UI].edge_index
-    idx = torch.randint(0, edge_index.size(1), (size, ), generator=g)
-    return (edge_index[0, idx], edge_index[1, idx],
-            torch.randint(0, data['item'].num_nodes, (size, ), generator=g))
-
-
 @pytest.mark.parametrize('variant', ['reference', 'paper'])
 @pytest.mark.parametrize('propagation', ['fused', 'pyg'])
 def test_cuda_matches_cpu(tiny_data, variant, propagation):
     torch.manual_seed(0)
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with default_dtype(torch.float64):
         cpu = MambaRec(tiny_data, MambaRecConfig(variant=variant, dropout=0.0,
                                                  propagation=propagation)).train()
         gpu = MambaRec(tiny_data, MambaRecConfig(variant=variant, dropout=0.0,
                                                  propagation=propagation))
-    finally:
-        torch.set_default_dtype(default)
     gpu.load_state_dict(cpu.state_dict())
     gpu = gpu.cuda().train()
-    batch = _batch(tiny_data)
+    batch = random_batch(tiny_data, 64)
     parts_cpu = cpu.loss(BPRBatch(*batch))
     parts_gpu = gpu.loss(BPRBatch(*(t.cuda() for t in batch)))
     assert parts_cpu.keys() == parts_gpu.keys()

@@ -4,63 +4,38 @@ re-normalisation, eval mode on the full graph, sampling probabilities), and it
 learns."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch_geometric.data import HeteroData
 
-from mambarec_pyg.cli import main
+from support import (assert_beats_popularity, default_dtype, feature_variants,
+                     numpy_bipartite_adjacency, random_batch, train_through_cli)
+
 from mambarec_pyg.config import ConfigError
 from mambarec_pyg.data.sampling import BPRBatch
-from mambarec_pyg.models import FREEDOM, FREEDOMConfig, Popularity
+from mambarec_pyg.models import FREEDOM, FREEDOMConfig
 from mambarec_pyg.models.freedom import modality_weights
-from mambarec_pyg.train.evaluate import evaluate
 
 UI = ('user', 'interacts', 'item')
 
 
-def _data(base, features: dict) -> HeteroData:
-    data = HeteroData()
-    data['user'].num_nodes = base['user'].num_nodes
-    data['item'].num_nodes = base['item'].num_nodes
-    for m, x in features.items():
-        data['item'][m] = x
-    data.modalities = tuple(features)
-    data[UI].edge_index = base[UI].edge_index.clone()
-    return data
-
-
 @pytest.fixture(scope='module')
 def variants(tiny_data):
-    feats = {m: tiny_data['item'][m].clone() for m in tiny_data.modalities}
-    audio = torch.randn(tiny_data['item'].num_nodes, 12,
-                        generator=torch.Generator().manual_seed(0))
-    return {'image+text': tiny_data,
-            'text': _data(tiny_data, {'text': feats['text']}),
-            'image+text+audio': _data(tiny_data, dict(feats, audio=audio))}
+    return feature_variants(tiny_data)
 
 
 def _build(data, **kwargs) -> FREEDOM:
     torch.manual_seed(0)
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with default_dtype(torch.float64):
         return FREEDOM(data, FREEDOMConfig(**kwargs))
-    finally:
-        torch.set_default_dtype(default)
 
 
 def _numpy_adjacency(data, edges=None, eps=0.0):
     """D^-1/2 A D^-1/2 of the (U+N) bipartite graph, degrees + eps (MMRec: 1e-7;
     the shared full graph has none, the pruned graph has it)."""
-    U, N = data['user'].num_nodes, data['item'].num_nodes
-    ei = data[UI].edge_index.numpy() if edges is None else edges
-    A = np.zeros((U + N, U + N))
-    A[ei[0], U + ei[1]] = 1.0
-    A[U + ei[1], ei[0]] = 1.0
+    A = numpy_bipartite_adjacency(data, edges)
     inv = np.where(A.sum(1) > 0, A.sum(1) + eps, 1.0) ** -0.5
     return inv[:, None] * A * inv[None, :]
 
@@ -76,12 +51,8 @@ def _numpy_knn(x: np.ndarray, k: int) -> np.ndarray:
     return d[:, None] * A * d[None, :]
 
 
-def _batch(data, n=48, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    ei = data[UI].edge_index
-    idx = torch.randint(0, ei.size(1), (n, ), generator=g)
-    return BPRBatch(ei[0, idx], ei[1, idx],
-                    torch.randint(0, data['item'].num_nodes, (n, ), generator=g), n)
+def _batch(data) -> BPRBatch:
+    return random_batch(data, 48, seed=1)
 
 
 def test_mixing_weights():
@@ -302,11 +273,6 @@ def test_sampling_probability_follows_inverse_sqrt_degrees(dropout, keep):
 
 
 def test_beats_popularity_through_the_cli(tiny_data, tmp_path):
-    out = tmp_path / 'freedom'
-    assert main(['train', '--synthetic', 'tiny', '--model.name', 'freedom',
-                 '--output', str(out), '--device', 'cpu', '--quiet',
-                 '--train.batch-size', '128', '--train.lr', '0.01',
-                 '--train.max-epochs', '8']) == 0
-    got = json.loads((out / 'results.json').read_text())['valid']['recall@20']
-    popularity = evaluate(Popularity(tiny_data), tiny_data, 'valid')['recall@20']
-    assert got > popularity + 0.05, (got, popularity)
+    results = train_through_cli(tmp_path, 'freedom', '--train.batch-size', '128',
+                                '--train.lr', '0.01', '--train.max-epochs', '8')
+    assert_beats_popularity(results, tiny_data)

@@ -4,20 +4,19 @@ HCL term against a naive loop, deterministic inference (and MMRec's noisy one), 
 it learns."""
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from torch_geometric.data import HeteroData
 
+from support import (assert_beats_popularity, default_dtype, random_batch,
+                     train_through_cli, with_item_features)
+
 import mambarec_pyg.models.lgmrec as lgmrec_module
-from mambarec_pyg.cli import main
 from mambarec_pyg.config import Config, ConfigError, DataConfig
 from mambarec_pyg.data.sampling import BPRBatch
-from mambarec_pyg.models import LGMRec, LGMRecConfig, Popularity
+from mambarec_pyg.models import LGMRec, LGMRecConfig
 from mambarec_pyg.models.lgmrec import DATASET_DEFAULTS, hcl_loss, row_logsumexp_sum
 from mambarec_pyg.nn.functional import frozen_product, normalize_rows
-from mambarec_pyg.train.evaluate import evaluate
 
 UI = ('user', 'interacts', 'item')
 
@@ -29,34 +28,18 @@ def _with_modalities(base, num_modalities: int) -> HeteroData:
     feats = {m: base['item'][m] for m in base.modalities}
     feats['audio'] = torch.randn(base['item'].num_nodes, 12, generator=g)
     names = ['image', 'text', 'audio'][:num_modalities]
-    data = HeteroData()
-    data.name = 'test'
-    data['user'].num_nodes = base['user'].num_nodes
-    data['item'].num_nodes = base['item'].num_nodes
-    for m in names:
-        data['item'][m] = feats[m].clone()
-    data.modalities = tuple(names)
-    for key in ('edge_index', 'valid_edge_label_index', 'test_edge_label_index'):
-        data[UI][key] = base[UI][key].clone()
-    return data
+    return with_item_features(base, {m: feats[m].clone() for m in names},
+                              name='test', splits=True)
 
 
 def _build(data, **options) -> LGMRec:
     torch.manual_seed(0)
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with default_dtype(torch.float64):
         return LGMRec(data, LGMRecConfig(**options))
-    finally:
-        torch.set_default_dtype(default)
 
 
-def _batch(data, size=32, seed=1) -> BPRBatch:
-    g = torch.Generator().manual_seed(seed)
-    ei = data[UI].edge_index
-    idx = torch.randint(0, ei.size(1), (size, ), generator=g)
-    neg = torch.randint(0, data['item'].num_nodes, (size, ), generator=g)
-    return BPRBatch(ei[0, idx], ei[1, idx], neg, size)
+def _batch(data) -> BPRBatch:
+    return random_batch(data, 32, seed=1)
 
 
 class _FixedDraws:
@@ -398,11 +381,6 @@ def test_keep_rate_one_draws_no_mask(tiny_data, monkeypatch):
 
 # -- learning ----------------------------------------------------------------------
 def test_beats_popularity_through_the_cli(tiny_data, tmp_path):
-    out = tmp_path / 'lgmrec'
-    assert main(['train', '--synthetic', 'tiny', '--model.name', 'lgmrec',
-                 '--output', str(out), '--device', 'cpu', '--quiet',
-                 '--train.batch-size', '128', '--train.lr', '0.01',
-                 '--train.max-epochs', '8']) == 0
-    got = json.loads((out / 'results.json').read_text())['valid']['recall@20']
-    popularity = evaluate(Popularity(tiny_data), tiny_data, 'valid')['recall@20']
-    assert got > popularity + 0.05, (got, popularity)
+    results = train_through_cli(tmp_path, 'lgmrec', '--train.batch-size', '128',
+                                '--train.lr', '0.01', '--train.max-epochs', '8')
+    assert_beats_popularity(results, tiny_data)

@@ -2,26 +2,18 @@
 adjacency), and it learns."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 
-from mambarec_pyg.cli import main
-from mambarec_pyg.data.sampling import BPRBatch
-from mambarec_pyg.models import LightGCN, LightGCNConfig, Popularity
-from mambarec_pyg.train.evaluate import evaluate
+from support import (assert_beats_popularity, default_dtype,
+                     numpy_bipartite_adjacency, random_batch, train_through_cli)
 
-UI = ('user', 'interacts', 'item')
+from mambarec_pyg.models import LightGCN, LightGCNConfig
 
 
 def _numpy_adjacency(data):
-    U, N = data['user'].num_nodes, data['item'].num_nodes
-    ei = data[UI].edge_index.numpy()
-    A = np.zeros((U + N, U + N))
-    A[ei[0], U + ei[1]] = 1.0
-    A[U + ei[1], ei[0]] = 1.0
+    A = numpy_bipartite_adjacency(data)
     deg = A.sum(1) + 1e-7  # MMRec's epsilon: no visible difference
     inv = deg ** -0.5
     return inv[:, None] * A * inv[None, :]
@@ -30,13 +22,9 @@ def _numpy_adjacency(data):
 @pytest.mark.parametrize('layers', [0, 1, 3])
 def test_embeddings_and_loss_match_numpy(tiny_data, layers):
     torch.manual_seed(0)
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with default_dtype(torch.float64):
         model = LightGCN(tiny_data, LightGCNConfig(embedding_size=8, n_layers=layers,
                                                    reg_weight=0.2))
-    finally:
-        torch.set_default_dtype(default)
     U = tiny_data['user'].num_nodes
     E0 = torch.cat([model.user_embedding.weight,
                     model.item_embedding.weight]).detach().numpy()
@@ -50,12 +38,7 @@ def test_embeddings_and_loss_match_numpy(tiny_data, layers):
     np.testing.assert_allclose(user.detach().numpy(), E[:U], rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(item.detach().numpy(), E[U:], rtol=1e-6, atol=1e-8)
 
-    g = torch.Generator().manual_seed(1)
-    ei = tiny_data[UI].edge_index
-    idx = torch.randint(0, ei.size(1), (32, ), generator=g)
-    batch = BPRBatch(ei[0, idx], ei[1, idx],
-                     torch.randint(0, tiny_data['item'].num_nodes, (32, ),
-                                   generator=g), 32)
+    batch = random_batch(tiny_data, 32, seed=1)
     u, i, j = (t.numpy() for t in batch)
     x = (E[u] * E[U + i]).sum(1) - (E[u] * E[U + j]).sum(1)
     bpr = -np.log(1e-10 + 1 / (1 + np.exp(-x))).mean()
@@ -81,11 +64,6 @@ def test_fused_propagation_matches_plain_gradients(tiny_data):
 
 
 def test_beats_popularity_through_the_cli(tiny_data, tmp_path):
-    out = tmp_path / 'lightgcn'
-    assert main(['train', '--synthetic', 'tiny', '--model.name', 'lightgcn',
-                 '--output', str(out), '--device', 'cpu', '--quiet',
-                 '--train.batch-size', '128', '--train.lr', '0.01',
-                 '--train.max-epochs', '12']) == 0
-    got = json.loads((out / 'results.json').read_text())['valid']['recall@20']
-    popularity = evaluate(Popularity(tiny_data), tiny_data, 'valid')['recall@20']
-    assert got > popularity + 0.05, (got, popularity)
+    results = train_through_cli(tmp_path, 'lightgcn', '--train.batch-size', '128',
+                                '--train.lr', '0.01', '--train.max-epochs', '12')
+    assert_beats_popularity(results, tiny_data)

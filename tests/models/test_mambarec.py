@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch_geometric.data import HeteroData
 
+from support import default_dtype, random_batch, with_item_features
+
 from mambarec_pyg.config import ConfigError, MambaRecConfig
 from mambarec_pyg.data.sampling import BPRBatch
 from mambarec_pyg.models.mambarec import LossParts, MambaRec
@@ -20,19 +22,9 @@ from mambarec_pyg.nn.losses import mmd_loss
 UI = ('user', 'interacts', 'item')
 
 
-
 def _dataset(base, features: dict) -> HeteroData:
     """A copy of ``base``'s users, items and edges with the given item features."""
-    data = HeteroData()
-    data.name = 'test'
-    data['user'].num_nodes = base['user'].num_nodes
-    data['item'].num_nodes = base['item'].num_nodes
-    for m, x in features.items():
-        data['item'][m] = x
-    data.modalities = tuple(features)
-    for key in ('edge_index', 'valid_edge_label_index', 'test_edge_label_index'):
-        data[UI][key] = base[UI][key].clone()
-    return data
+    return with_item_features(base, features, name='test', splits=True)
 
 
 @pytest.fixture(scope='module')
@@ -54,12 +46,9 @@ def data1(tiny_data):
     return _dataset(tiny_data, {'text': tiny_data['item']['text'].clone()})
 
 
-def _batch(data, size=48, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    edge_index = data[UI].edge_index
-    idx = torch.randint(0, edge_index.size(1), (size, ), generator=g)
-    neg = torch.randint(0, data['item'].num_nodes, (size, ), generator=g)
-    return edge_index[0, idx], edge_index[1, idx], neg
+def _batch(data):
+    """48 triples ``(users, pos, neg)``; :func:`_loss` sets the nominal size."""
+    return tuple(random_batch(data, 48))
 
 
 def _loss(model, users, pos, neg, size=None):
@@ -68,12 +57,8 @@ def _loss(model, users, pos, neg, size=None):
 
 def _model(data, seed=0, dtype=torch.float64, **kw) -> MambaRec:
     torch.manual_seed(seed)
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
+    with default_dtype(dtype):
         return MambaRec(data, MambaRecConfig(**kw))
-    finally:
-        torch.set_default_dtype(default)
 
 
 # ---------------------------------------------------------------------------------

@@ -2,18 +2,13 @@
 a plain re-computation, and it learns."""
 from __future__ import annotations
 
-import json
-
-import pytest
 import torch
 import torch.nn.functional as F
 
-from mambarec_pyg.cli import main
-from mambarec_pyg.data.sampling import BPRBatch
-from mambarec_pyg.models import MGCN, MGCNConfig, Popularity
-from mambarec_pyg.train.evaluate import evaluate
+from support import (assert_beats_popularity, default_dtype, random_batch,
+                     train_through_cli)
 
-UI = ('user', 'interacts', 'item')
+from mambarec_pyg.models import MGCN, MGCNConfig
 
 
 def test_structure_is_mgcn(tiny_data):
@@ -28,13 +23,9 @@ def test_structure_is_mgcn(tiny_data):
 
 def test_forward_and_loss_match_a_plain_computation(tiny_data):
     torch.manual_seed(0)
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with default_dtype(torch.float64):
         model = MGCN(tiny_data, MGCNConfig(cl_weight=0.3, reg_weight=0.01)).train()
-    finally:
-        torch.set_default_dtype(default)
-    U, N = model.num_users, model.num_items
+    U = model.num_users
     adj = model.graphs['adj'].to_dense()
     r_hat = model.graphs['r_hat'].to_dense()
     # plain MGCN (BASELINES.md §3.8), dense matrices, no fused paths
@@ -59,12 +50,9 @@ def test_forward_and_loss_match_a_plain_computation(tiny_data):
     torch.testing.assert_close(user, final[:U], rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(item, final[U:], rtol=1e-10, atol=1e-12)
 
-    g = torch.Generator().manual_seed(1)
-    ei = tiny_data[UI].edge_index
-    idx = torch.randint(0, ei.size(1), (40, ), generator=g)
-    u, i = ei[0, idx], ei[1, idx]
-    j = torch.randint(0, N, (40, ), generator=g)
-    parts = model.loss(BPRBatch(u, i, j, 64))
+    batch = random_batch(tiny_data, 40, seed=1, nominal_size=64)
+    u, i, j = batch
+    parts = model.loss(batch)
     eu, ei_, ej = final[u], final[U + i], final[U + j]
     bpr = -F.logsigmoid((eu * ei_).sum(1) - (eu * ej).sum(1)).mean()
     reg = 0.01 * (eu.square().sum() + ei_.square().sum() + ej.square().sum()) / 2 / 64
@@ -83,10 +71,6 @@ def test_forward_and_loss_match_a_plain_computation(tiny_data):
 
 
 def test_beats_popularity_through_the_cli(tiny_data, tmp_path):
-    out = tmp_path / 'mgcn'
-    assert main(['train', '--synthetic', 'tiny', '--model.name', 'mgcn', '--output',
-                 str(out), '--device', 'cpu', '--quiet', '--train.batch-size', '128',
-                 '--train.lr', '0.01', '--train.max-epochs', '12']) == 0
-    got = json.loads((out / 'results.json').read_text())['valid']['recall@20']
-    popularity = evaluate(Popularity(tiny_data), tiny_data, 'valid')['recall@20']
-    assert got > popularity + 0.05, (got, popularity)
+    results = train_through_cli(tmp_path, 'mgcn', '--train.batch-size', '128',
+                                '--train.lr', '0.01', '--train.max-epochs', '12')
+    assert_beats_popularity(results, tiny_data)

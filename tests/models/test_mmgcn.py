@@ -3,38 +3,27 @@ against a loop, the sparse path against PyG's gather-scatter, MMRec's frozen ID
 embeddings, and it learns."""
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from torch_geometric.data import HeteroData
 
-from mambarec_pyg.cli import main
+from support import (assert_beats_popularity, default_dtype, random_batch,
+                     train_through_cli)
+
 from mambarec_pyg.data.sampling import BPRBatch
-from mambarec_pyg.models import Popularity
 from mambarec_pyg.models.mmgcn import MMGCN, MMGCNConfig, MMGCNConv, mean_adjacency
 from mambarec_pyg.nn.conv import transpose_sparse
-from mambarec_pyg.train.evaluate import evaluate
 
 UI = ('user', 'interacts', 'item')
 
 
 def _build(data, **kwargs) -> MMGCN:
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with default_dtype(torch.float64):
         return MMGCN(data, MMGCNConfig(**kwargs))
-    finally:
-        torch.set_default_dtype(default)
 
 
-def _batch(data, size=40, seed=1) -> BPRBatch:
-    g = torch.Generator().manual_seed(seed)
-    ei = data[UI].edge_index
-    idx = torch.randint(0, ei.size(1), (size, ), generator=g)
-    return BPRBatch(ei[0, idx], ei[1, idx],
-                    torch.randint(0, data['item'].num_nodes, (size, ), generator=g),
-                    size)
+def _batch(data) -> BPRBatch:
+    return random_batch(data, 40, seed=1)
 
 
 def _dense_mean_adjacency(data):
@@ -218,10 +207,6 @@ def test_frozen_id_embeddings_reproduce_mmrec(tiny_data):
 
 
 def test_beats_popularity_through_the_cli(tiny_data, tmp_path):
-    out = tmp_path / 'mmgcn'
-    assert main(['train', '--synthetic', 'tiny', '--model.name', 'mmgcn', '--output',
-                 str(out), '--device', 'cpu', '--quiet', '--train.batch-size', '128',
-                 '--train.lr', '0.01', '--train.max-epochs', '12']) == 0
-    got = json.loads((out / 'results.json').read_text())['valid']['recall@20']
-    popularity = evaluate(Popularity(tiny_data), tiny_data, 'valid')['recall@20']
-    assert got > popularity + 0.05, (got, popularity)
+    results = train_through_cli(tmp_path, 'mmgcn', '--train.batch-size', '128',
+                                '--train.lr', '0.01', '--train.max-epochs', '12')
+    assert_beats_popularity(results, tiny_data)

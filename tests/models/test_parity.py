@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 
+from support import default_dtype
+
 from mambarec_pyg.config import MambaRecConfig
 from mambarec_pyg.data import load_mmrec
 from mambarec_pyg.data.sampling import BPRBatch
@@ -48,12 +50,8 @@ def _config(g) -> MambaRecConfig:
 
 def _model(g, graphs: str, **overrides) -> MambaRec:
     config = dataclasses.replace(_config(g), **overrides)
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with default_dtype(torch.float64):
         model = MambaRec(g['data'], config)
-    finally:
-        torch.set_default_dtype(default)
     if graphs == 'provided':
         o = g['outputs']
         model.set_graphs(o['norm_adj'], o['R_hat'], {'image': o['image_item_graph'],

@@ -3,36 +3,19 @@ separate LightGCN branches, MMRec's FAC maps by name -- in values and gradients,
 1, 2 and 3 feature tables; its structure and protocol; and it learns."""
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 import torch.nn.functional as F
-from torch_geometric.data import HeteroData
 
-from mambarec_pyg.cli import main
+from support import (assert_beats_popularity, default_dtype, random_batch,
+                     train_through_cli, with_modalities)
+
 from mambarec_pyg.config import ConfigError, TrainConfig
-from mambarec_pyg.data.sampling import BPRBatch
-from mambarec_pyg.models import Popularity, SLMRec, SLMRecConfig
+from mambarec_pyg.models import SLMRec, SLMRecConfig
 from mambarec_pyg.models.slmrec import fac_levels
-from mambarec_pyg.train.evaluate import evaluate
 from mambarec_pyg.train.trainer import resolve_protocol
 
 UI = ('user', 'interacts', 'item')
-
-
-def _with_modalities(base, names):
-    """``base`` with the feature tables ``names`` (``'audio'``: a random one)."""
-    g = torch.Generator().manual_seed(3)
-    data = HeteroData()
-    data['user'].num_nodes = base['user'].num_nodes
-    data['item'].num_nodes = base['item'].num_nodes
-    for m in names:
-        data['item'][m] = (base['item'][m].clone() if m in base.modalities else
-                           torch.randn(base['item'].num_nodes, 20, generator=g))
-    data.modalities = tuple(names)
-    data[UI].edge_index = base[UI].edge_index.clone()
-    return data
 
 
 def _lin(layer, x):
@@ -95,21 +78,14 @@ def _plain(model, data, users, pos, eps=0.0):
 @pytest.mark.parametrize('names', [('text', ), ('image', 'text'),
                                    ('image', 'text', 'audio')])
 def test_forward_losses_and_gradients_match_a_plain_computation(tiny_data, names):
-    data = _with_modalities(tiny_data, names)
+    data = with_modalities(tiny_data, names)
     torch.manual_seed(0)
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with default_dtype(torch.float64):
         config = SLMRecConfig(embedding_size=8, n_layers=3, temp=0.3, ssl_temp=0.5,
                               ssl_alpha=0.7)
         model = SLMRec(data, config).train()
-    finally:
-        torch.set_default_dtype(default)
-    g = torch.Generator().manual_seed(1)
-    ei = data[UI].edge_index
-    idx = torch.randint(0, ei.size(1), (40, ), generator=g)
-    users, pos = ei[0, idx], ei[1, idx]
-    neg = torch.randint(0, data['item'].num_nodes, (40, ), generator=g)
+    batch = random_batch(data, 40, seed=1, nominal_size=64)
+    users, pos, _ = batch
 
     user, item, main, losses = _plain(model, data, users, pos)
     got_user, got_item = model.embed()
@@ -120,7 +96,7 @@ def test_forward_losses_and_gradients_match_a_plain_computation(tiny_data, names
     torch.testing.assert_close(got_user, mmrec_user, rtol=1e-7, atol=1e-8)
     torch.testing.assert_close(got_item, mmrec_item, rtol=1e-7, atol=1e-8)
 
-    parts = model.loss(BPRBatch(users, pos, neg, 64))
+    parts = model.loss(batch)
     assert set(parts) == {'total', 'main', 'ssl'} | {f'ssl_{m}' for m in names}
     torch.testing.assert_close(parts['main'], main)
     for m, value in zip(names, losses):
@@ -190,13 +166,7 @@ def test_config_is_checked():
 
 
 def test_beats_popularity_through_the_cli(tiny_data, tmp_path):
-    out = tmp_path / 'slmrec'
-    assert main(['train', '--synthetic', 'tiny', '--model.name', 'slmrec',
-                 '--output', str(out), '--device', 'cpu', '--quiet',
-                 '--train.batch-size', '128', '--train.lr', '0.01',
-                 '--train.max-epochs', '8']) == 0
-    results = json.loads((out / 'results.json').read_text())
+    results = train_through_cli(tmp_path, 'slmrec', '--train.batch-size', '128',
+                                '--train.lr', '0.01', '--train.max-epochs', '8')
     assert results['config']['train']['weight_decay'] == 1e-4  # the protocol
-    got = results['valid']['recall@20']
-    popularity = evaluate(Popularity(tiny_data), tiny_data, 'valid')['recall@20']
-    assert got > popularity + 0.05, (got, popularity)
+    assert_beats_popularity(results, tiny_data)

@@ -2,55 +2,23 @@
 tables), its initialisation, and it learns."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
-from torch_geometric.data import HeteroData
 
-from mambarec_pyg.cli import main
-from mambarec_pyg.data.sampling import BPRBatch
-from mambarec_pyg.models import VBPR, Popularity, VBPRConfig
-from mambarec_pyg.train.evaluate import evaluate
+from support import (assert_beats_popularity, default_dtype, random_batch,
+                     train_through_cli, with_modalities)
 
-UI = ('user', 'interacts', 'item')
-
-
-def _with_modalities(base, names):
-    """``base`` with the feature tables ``names`` (``'audio'``: a random one)."""
-    g = torch.Generator().manual_seed(3)
-    data = HeteroData()
-    data['user'].num_nodes = base['user'].num_nodes
-    data['item'].num_nodes = base['item'].num_nodes
-    for m in names:
-        data['item'][m] = (base['item'][m].clone() if m in base.modalities else
-                           torch.randn(base['item'].num_nodes, 20, generator=g))
-    data.modalities = tuple(names)
-    data[UI].edge_index = base[UI].edge_index.clone()
-    return data
-
-
-def _batch(data, size=32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    ei = data[UI].edge_index
-    idx = torch.randint(0, ei.size(1), (size, ), generator=g)
-    return BPRBatch(ei[0, idx], ei[1, idx],
-                    torch.randint(0, data['item'].num_nodes, (size, ), generator=g),
-                    size)
+from mambarec_pyg.models import VBPR, VBPRConfig
 
 
 @pytest.mark.parametrize('names', [('text', ), ('image', 'text'),
                                    ('image', 'text', 'audio')])
 def test_scores_and_loss_match_numpy(tiny_data, names):
-    data = _with_modalities(tiny_data, names)
+    data = with_modalities(tiny_data, names)
     torch.manual_seed(0)
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with default_dtype(torch.float64):
         model = VBPR(data, VBPRConfig(embedding_size=8, reg_weight=0.3))
-    finally:
-        torch.set_default_dtype(default)
     with torch.no_grad():  # a non-zero bias, so that it is checked too
         model.item_linear.bias.normal_()
     P = model.user_embedding.weight.detach().numpy()
@@ -67,7 +35,7 @@ def test_scores_and_loss_match_numpy(tiny_data, names):
     np.testing.assert_allclose((user @ item.t()).detach().numpy(), P @ Q.T,
                                rtol=1e-12, atol=1e-12)
 
-    batch = _batch(data)
+    batch = random_batch(data)
     u, i, j = (t.numpy() for t in batch)
     x = (P[u] * Q[i]).sum(1) - (P[u] * Q[j]).sum(1)
     bpr = -np.log(1e-10 + 1 / (1 + np.exp(-x))).mean()  # MMRec's BPRLoss
@@ -102,15 +70,11 @@ def test_initialisation_and_frozen_features(tiny_data):
     assert 'content' not in model.state_dict()
     torch.testing.assert_close(model.content, torch.cat(
         [tiny_data['item'][m] for m in tiny_data.modalities], dim=1))
-    model.loss(_batch(tiny_data))['total'].backward()
+    model.loss(random_batch(tiny_data))['total'].backward()
     assert model.content.grad is None
 
 
 def test_beats_popularity_through_the_cli(tiny_data, tmp_path):
-    out = tmp_path / 'vbpr'
-    assert main(['train', '--synthetic', 'tiny', '--model.name', 'vbpr', '--output',
-                 str(out), '--device', 'cpu', '--quiet', '--train.batch-size', '128',
-                 '--train.lr', '0.01', '--train.max-epochs', '8']) == 0
-    got = json.loads((out / 'results.json').read_text())['valid']['recall@20']
-    popularity = evaluate(Popularity(tiny_data), tiny_data, 'valid')['recall@20']
-    assert got > popularity + 0.05, (got, popularity)
+    results = train_through_cli(tmp_path, 'vbpr', '--train.batch-size', '128',
+                                '--train.lr', '0.01', '--train.max-epochs', '8')
+    assert_beats_popularity(results, tiny_data)
