@@ -44,7 +44,7 @@ def _set_field(root: Path, line: int, column: int, value: str) -> None:
     _write_lines(root, lines)
 
 
-def _load_fails(root: Path, match: str, **options) -> DataError:
+def _assert_load_fails(root: Path, match: str, **options) -> DataError:
     """Loading ``root / 'tiny'`` (with ``options``) raises a DataError whose message
     matches the regular expression ``match`` (``re.search``); returns it."""
     with pytest.raises(DataError, match=match) as info:
@@ -61,59 +61,59 @@ def test_missing_directory(tmp_path):
 
 def test_missing_inter_file(root):
     _inter(root).rename(root / 'tiny' / 'other.inter')
-    _load_fails(root, r"interaction file .*tiny\.inter' not found .*found: "
+    _assert_load_fails(root, r"interaction file .*tiny\.inter' not found .*found: "
                       r"other\.inter")
 
 
 def test_no_feature_files(root):
     for p in (root / 'tiny').glob('*_feat.npy'):
         p.unlink()
-    _load_fails(root, r"no item feature files found; expected one "
+    _assert_load_fails(root, r"no item feature files found; expected one "
                       r"'<modality>_feat\.npy'")
 
 
 def test_requested_modality_missing(root):
-    _load_fails(root, r"modality 'imag' not found \(no 'imag_feat\.npy'\); did you "
+    _assert_load_fails(root, r"modality 'imag' not found \(no 'imag_feat\.npy'\); did you "
                       r"mean 'image'\?; found: image, text", modalities=['imag'])
 
 
 def test_misspelt_column(root):
     _set_field(root, 1, 0, 'userId')
-    _load_fails(root, r"tiny\.inter: line 1 \(header\): expected tab-separated "
+    _assert_load_fails(root, r"tiny\.inter: line 1 \(header\): expected tab-separated "
                       r"columns userID, itemID.*found \['userId', .*'userID' not "
                       r"found; did you mean 'userId'\?")
 
 
 def test_missing_column(root):
     _write_lines(root, [line.rsplit('\t', 1)[0] for line in _read_lines(root)])
-    _load_fails(root, r"tiny\.inter: line 1 \(header\).*found \['userID', 'itemID', "
+    _assert_load_fails(root, r"tiny\.inter: line 1 \(header\).*found \['userID', 'itemID', "
                       r"'rating', 'timestamp'\].*'x_label' not found")
 
 
 def test_not_tab_separated(root):
     path = _inter(root)
     path.write_text(path.read_text().replace('\t', ','))
-    _load_fails(root, r"expected tab-separated columns .* found "
+    _assert_load_fails(root, r"expected tab-separated columns .* found "
                       r"\['userID,itemID,rating,timestamp,x_label'\]")
 
 
 @pytest.mark.parametrize('value', ['3.5', 'abc', ''])
 def test_non_integer_id(root, value):
     _set_field(root, 7, 1, value)
-    _load_fails(root, rf"tiny\.inter: line 7, column 'itemID': expected a "
+    _assert_load_fails(root, rf"tiny\.inter: line 7, column 'itemID': expected a "
                       rf"non-negative integer id, got '{value}'")
 
 
 def test_negative_id(root):
     _set_field(root, 12, 0, '-3')
-    _load_fails(root, r"tiny\.inter: line 12, column 'userID': expected a "
+    _assert_load_fails(root, r"tiny\.inter: line 12, column 'userID': expected a "
                       r"non-negative integer id, got '-3'")
 
 
 @pytest.mark.parametrize('value', ['3', '-1', 'test'])
 def test_bad_x_label(root, value):
     _set_field(root, 100, 4, value)
-    _load_fails(root, rf"tiny\.inter: line 100, column 'x_label': expected 0 "
+    _assert_load_fails(root, rf"tiny\.inter: line 100, column 'x_label': expected 0 "
                       rf"\(train\), 1 \(valid\) or 2 \(test\), got '{value}'")
 
 
@@ -121,7 +121,7 @@ def test_wrong_number_of_fields(root):
     lines = _read_lines(root)
     lines[19] += '\textra'
     _write_lines(root, lines)
-    _load_fails(root, r"tiny\.inter: line 20: expected 5 tab-separated fields as in "
+    _assert_load_fails(root, r"tiny\.inter: line 20: expected 5 tab-separated fields as in "
                       r"the header, found 6")
 
 
@@ -130,24 +130,24 @@ def test_line_numbers_count_blank_lines(root):
     lines.insert(3, '')  # a blank line 4
     lines[9] = lines[9].replace('\t', '\tx', 1)  # line 10: itemID 'x..'
     _write_lines(root, lines)
-    _load_fails(root, r"line 10, column 'itemID'")
+    _assert_load_fails(root, r"line 10, column 'itemID'")
 
 
 def test_feature_rows_mismatch(root):
     path = root / 'tiny' / 'text_feat.npy'
     np.save(path, np.load(path)[:29])
-    _load_fails(root, r"text_feat\.npy: found 29 rows, expected 30 \(one per item")
+    _assert_load_fails(root, r"text_feat\.npy: found 29 rows, expected 30 \(one per item")
 
 
 def test_features_not_2d(root):
     np.save(root / 'tiny' / 'image_feat.npy', np.zeros((30, 4, 2), dtype=np.float32))
-    _load_fails(root, r"image_feat\.npy: expected a 2-D array \[items, dim\], found "
+    _assert_load_fails(root, r"image_feat\.npy: expected a 2-D array \[items, dim\], found "
                       r"shape \(30, 4, 2\)")
 
 
 def test_features_not_an_array(root):
     (root / 'tiny' / 'image_feat.npy').write_bytes(b'not numpy')
-    _load_fails(root, r"image_feat\.npy: not a readable \.npy")
+    _assert_load_fails(root, r"image_feat\.npy: not a readable \.npy")
 
 
 @pytest.mark.parametrize('bad', [np.nan, np.inf, -np.inf])
@@ -158,24 +158,24 @@ def test_non_finite_features(root, bad):
     x[17, 0] = bad
     x[17, 1] = bad
     np.save(path, x)
-    _load_fails(root, r"text_feat\.npy: 2 rows contain NaN or inf \(first bad row: 3\)")
+    _assert_load_fails(root, r"text_feat\.npy: 2 rows contain NaN or inf \(first bad row: 3\)")
 
 
 def test_empty_training_split(root):
     lines = _read_lines(root)
     _write_lines(root, [lines[0]] + [line[:-1] + '1' for line in lines[1:]])
-    _load_fails(root, r"tiny\.inter: the training split is empty \(no row with "
+    _assert_load_fails(root, r"tiny\.inter: the training split is empty \(no row with "
                       r"x_label 0\)")
 
 
 def test_header_only(root):
     _write_lines(root, _read_lines(root)[:1])
-    _load_fails(root, r"tiny\.inter: no interactions after the header")
+    _assert_load_fails(root, r"tiny\.inter: no interactions after the header")
 
 
 def test_empty_file(root):
     _inter(root).write_text('')
-    _load_fails(root, r"tiny\.inter: line 1: empty; expected the tab-separated header")
+    _assert_load_fails(root, r"tiny\.inter: line 1: empty; expected the tab-separated header")
 
 
 def test_scan_accepts_what_fast_path_accepts(root):
@@ -203,13 +203,13 @@ def test_blank_lines_are_ignored(root, released_tiny_dir):
 
 def test_sparse_raw_ids_rejected(root):
     _set_field(root, 9, 0, '123456789')
-    _load_fails(root, r"tiny\.inter: line 9, column 'userID': id 123456789 is far "
+    _assert_load_fails(root, r"tiny\.inter: line 9, column 'userID': id 123456789 is far "
                       r"larger than the 320 interactions; expected dense ids")
 
 
 def test_reserved_modality_name(root):
     np.save(root / 'tiny' / 'num_nodes_feat.npy', np.zeros((30, 2), dtype=np.float32))
-    _load_fails(root, r"num_nodes_feat\.npy: modality name 'num_nodes' cannot be used")
+    _assert_load_fails(root, r"num_nodes_feat\.npy: modality name 'num_nodes' cannot be used")
 
 
 def test_large_finite_features_pass_the_finiteness_check(root):
@@ -230,7 +230,7 @@ def test_large_finite_features_pass_the_finiteness_check(root):
 def test_non_canonical_ids_are_refused(root, column, name, value):
     # pandas reads all of these as integers; they are refused by line, column, text
     _set_field(root, 11, column, value)
-    _load_fails(root, rf"tiny\.inter: line 11, column '{name}': expected a "
+    _assert_load_fails(root, rf"tiny\.inter: line 11, column '{name}': expected a "
                       rf"non-negative integer id, got {re.escape(repr(value))} \(ids "
                       rf"are plain decimal digits")
 
@@ -238,7 +238,7 @@ def test_non_canonical_ids_are_refused(root, column, name, value):
 @pytest.mark.parametrize('value', ['+1', '1.0', '01', ' 1', '1e0'])
 def test_non_canonical_x_label_is_refused(root, value):
     _set_field(root, 40, 4, value)
-    _load_fails(root, rf"tiny\.inter: line 40, column 'x_label': expected 0 "
+    _assert_load_fails(root, rf"tiny\.inter: line 40, column 'x_label': expected 0 "
                       rf"\(train\), 1 \(valid\) or 2 \(test\), got "
                       rf"{re.escape(repr(value))}")
 
@@ -246,13 +246,13 @@ def test_non_canonical_x_label_is_refused(root, value):
 @pytest.mark.parametrize('value', ['99999999999999999999', '9223372036854775808'])
 def test_an_id_beyond_int64_names_file_line_and_column(root, value):
     _set_field(root, 9, 1, value)  # pandas raised a bare OverflowError / ValueError
-    _load_fails(root, rf"tiny\.inter: line 9, column 'itemID': id {value} is too "
+    _assert_load_fails(root, rf"tiny\.inter: line 9, column 'itemID': id {value} is too "
                       rf"large \(at most 2\*\*63 - 1\); expected dense ids")
 
 
 def test_a_19_digit_id_within_int64_is_named_too(root):
     _set_field(root, 9, 0, '9223372036854775807')
-    _load_fails(root, r"tiny\.inter: line 9, column 'userID': id 9223372036854775807 "
+    _assert_load_fails(root, r"tiny\.inter: line 9, column 'userID': id 9223372036854775807 "
                       r"is far larger than the 320 interactions")
 
 
@@ -283,7 +283,7 @@ def _no_pickle_advice(message: str) -> None:
 
 def test_a_text_file_saved_as_npy(root):
     (root / 'tiny' / 'image_feat.npy').write_text('0.1 0.2 0.3\n0.4 0.5 0.6\n')
-    error = _load_fails(root, r"image_feat\.npy: not a readable \.npy array: it is a "
+    error = _assert_load_fails(root, r"image_feat\.npy: not a readable \.npy array: it is a "
                               r"text file \(it begins '0\.1 0\.2.*expected a \.npy "
                               r"array of numbers \[items, dim\]")
     _no_pickle_advice(str(error))
@@ -295,7 +295,7 @@ def test_an_object_array_npy_is_refused_unread(root, tmp_path):
     items[:] = 0.5
     items[3, 1] = _Payload(marker)
     np.save(root / 'tiny' / 'image_feat.npy', items, allow_pickle=True)
-    error = _load_fails(root, r"image_feat\.npy: holds an array of Python objects "
+    error = _assert_load_fails(root, r"image_feat\.npy: holds an array of Python objects "
                               r"\(dtype object\), not numbers; expected a \.npy array "
                               r"of numbers")
     _no_pickle_advice(str(error))
@@ -321,5 +321,5 @@ def test_other_files_saved_as_npy(root, kind, found):
         path.write_bytes(b'')
     else:
         path.write_bytes(bytes(range(7, 71)))
-    error = _load_fails(root, rf"text_feat\.npy: not a readable \.npy array: {found}")
+    error = _assert_load_fails(root, rf"text_feat\.npy: not a readable \.npy array: {found}")
     _no_pickle_advice(str(error))
