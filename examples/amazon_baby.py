@@ -43,6 +43,7 @@ from mambarec_pyg.data import load_dataset
 from mambarec_pyg.models import Popularity
 from mambarec_pyg.train.evaluate import evaluate
 from mambarec_pyg.train.experiment import run
+from mambarec_pyg.train.rundir import holds_run
 
 REPO = Path(__file__).resolve().parent.parent
 FILES = ('baby.inter', 'image_feat.npy', 'text_feat.npy')
@@ -105,8 +106,7 @@ def main(argv=None) -> int:
     name = 'amazon_baby' + ('' if root else '-synthetic') + ('-quick' if args.quick
                                                             else '')
     out = Path(args.output) if args.output else Path('runs') / name
-    if any((out / f).exists() for f in ('last.pt', 'best.pt', 'results.json')) and \
-            not (args.resume or args.overwrite):
+    if holds_run(out) and not (args.resume or args.overwrite):
         print(f'amazon_baby.py: {out} already holds a run; continue it with --resume, '
               f'start again with --overwrite, or choose another --output',
               file=sys.stderr)

@@ -412,21 +412,17 @@ def _default_name(config: Config) -> str:
     return f'synthetic-{config.data.synthetic}-{config.data.synthetic_seed}'
 
 
-def _holds_run(out: Path) -> bool:
-    return any((out / name).exists() for name in ('last.pt', 'best.pt',
-                                                  'results.json'))
-
-
 # ---------------------------------------------------------------------------------
 # Commands
 # ---------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
     from .train.experiment import run
+    from .train.rundir import holds_run
     config = _config(args)
     name = type(config.model).name
     out = Path(args.output) if args.output else Path('runs') / (
         f'{name}-{_default_name(config)}')
-    if _holds_run(out) and not (args.resume or args.overwrite):
+    if holds_run(out) and not (args.resume or args.overwrite):
         raise CommandError(f'{out} already holds a run; use --resume to continue it, '
                            f'--overwrite to start again, or another --output', 2)
     if not args.quiet:
@@ -511,8 +507,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"{r['name']:<{width}}  {r['reference'] or r['summary']} "
               f"[{r['needs']}]")
-    print(f'\ntrain one with: mambarec train --synthetic tiny --model.name NAME; its '
-          f'options: mambarec train --model.name NAME --help')
+    print('\ntrain one with: mambarec train --synthetic tiny --model.name NAME; its '
+          'options: mambarec train --model.name NAME --help')
     return 0
 
 

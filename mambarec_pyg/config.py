@@ -486,10 +486,15 @@ def parse_text(text: str, tp: Any) -> Any:
 
 
 def field_docs(cls: type) -> Dict[str, str]:
-    """The ``#:`` comment lines above each field of dataclass ``cls``, joined."""
+    """The ``#:`` comment lines above each field of dataclass ``cls``, joined (none
+    for a class whose source is not available, e.g. defined in a notebook)."""
     docs: Dict[str, str] = {}
     pending = []
-    for line in inspect.getsource(cls).splitlines():
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return docs
+    for line in source.splitlines():
         stripped = line.strip()
         if stripped.startswith('#:'):
             pending.append(stripped[2:].strip())

@@ -58,3 +58,17 @@ def test_every_option_is_documented():
         docs = field_docs(cls)
         missing = [f.name for f in dataclasses.fields(cls) if not docs.get(f.name)]
         assert not missing, f'{cls.__name__}: fields without a #: comment: {missing}'
+
+
+def test_field_docs_of_a_class_without_source():
+    # a config class defined in a notebook or by exec has no source file: the CLI's
+    # help must still build (no docs rather than a crash)
+    from mambarec_pyg.config import field_docs
+    namespace = {}
+    exec('from dataclasses import dataclass\n'
+         '@dataclass\n'
+         'class Made:\n'
+         '    #: a field\n'
+         '    x: int = 1\n', namespace)
+    assert field_docs(namespace['Made']) == {}
+    assert field_docs(DataConfig)['root']  # classes with source keep their docs

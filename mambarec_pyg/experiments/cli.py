@@ -22,10 +22,13 @@ import dataclasses
 import sys
 import typing
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import TYPE_CHECKING, Any, Dict, List
 
 from ..cli import CommandError, _arg_type
 from ..config import ConfigError, DataConfig, TrainConfig, describe_type, field_docs
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .runner import Setup
 
 __all__ = ['add_parsers', 'cmd_experiment', 'cmd_plot', 'setup_from_args']
 

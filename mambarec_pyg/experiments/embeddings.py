@@ -193,7 +193,6 @@ class Embeddings(Experiment):
 
     def report(self, setup: Setup, results: List[CellResult],
                runner: Runner) -> ExperimentResult:
-        rows = self.rows(setup)
         caveat = note(setup)
         md = ['# Figures 7-8: item embeddings (t-SNE, density of the normalised '
               'embeddings)', '',

@@ -114,8 +114,8 @@ class Sensitivity(SweepExperiment):
                                                    cl_weight=w))
             table['figure4'] = t4
         if 'figure5' in parts:
-            md += [f'## Figure 5: test Recall@20 over reduction factor r (rows) x MMD '
-                   f'weight λ_mmd (columns)', '',
+            md += ['## Figure 5: test Recall@20 over reduction factor r (rows) x MMD '
+                   'weight λ_mmd (columns)', '',
                    f'r: {GRID_SOURCES["reduction_factor"]}; λ_mmd: '
                    f'{GRID_SOURCES["mmd_weight"]}.', '']
             t5 = {}

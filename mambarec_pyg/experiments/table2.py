@@ -140,7 +140,7 @@ class Table2(Experiment):
                runner: Runner) -> ExperimentResult:
         rows = self.rows(setup)
         stats = aggregate(results, ('dataset', 'row'), METRICS, setup.output)
-        md = [f'# Table 2: overall performance (test, at the best valid epoch)', '']
+        md = ['# Table 2: overall performance (test, at the best valid epoch)', '']
         caveat = note(setup)
         if caveat:
             md += [f'> **Note.** {caveat}.', '']

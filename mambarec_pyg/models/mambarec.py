@@ -75,7 +75,6 @@ tested against it):
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
 import math
 from dataclasses import dataclass

@@ -15,8 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import Callable, Dict, List, Type
 
-__all__ = ['register', 'get_model_class', 'get_config_class', 'list_models',
-           'unregister']
+__all__ = ['register', 'get_model_class', 'get_config_class', 'list_models']
 
 _MODELS: Dict[str, type] = {}
 _LOADED = False
@@ -64,11 +63,6 @@ def register(name: str) -> Callable[[type], type]:
         return cls
 
     return decorate
-
-
-def unregister(name: str) -> None:
-    """Remove a registered model (for tests and interactive sessions)."""
-    _MODELS.pop(name, None)
 
 
 def get_model_class(name: str) -> Type:

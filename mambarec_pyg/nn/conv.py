@@ -27,7 +27,7 @@ Horner recursion over the same layers' kernels, keeping no layer output.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor

@@ -27,7 +27,7 @@ and ground truth, as flat per-batch slices) is built once per split by
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor

@@ -14,7 +14,15 @@ import socket
 from pathlib import Path
 from typing import Optional, Union
 
-__all__ = ['RunLock', 'RunDirectoryBusy']
+__all__ = ['RunLock', 'RunDirectoryBusy', 'holds_run', 'RUN_FILES']
+
+#: The files whose presence means a directory holds a run.
+RUN_FILES = ('last.pt', 'best.pt', 'results.json')
+
+
+def holds_run(directory: Union[str, os.PathLike]) -> bool:
+    """Whether ``directory`` already holds a run (a checkpoint or results)."""
+    return any((Path(directory) / name).exists() for name in RUN_FILES)
 
 
 class RunDirectoryBusy(RuntimeError):

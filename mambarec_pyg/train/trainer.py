@@ -252,7 +252,6 @@ class Trainer:
                         'total_s': 0.0}
         self.warnings: List[str] = []
         self._log_file = None
-        self._lock: Optional[RunLock] = None
         self._written_epoch = 0  # epochs completed when last.pt was last written
         self._best_written = -1  # best epoch in best.pt
         self._config_written = False
@@ -466,7 +465,7 @@ class Trainer:
             deterministic = self.device.type == 'cpu'
         with contextlib.ExitStack() as stack:
             if self.output_dir is not None:
-                self._lock = stack.enter_context(RunLock(self.output_dir))
+                stack.enter_context(RunLock(self.output_dir))
             stack.enter_context(_deterministic(deterministic, self.device))
             stack.enter_context(_stop_on_sigterm())
             return self._fit()
