@@ -46,31 +46,78 @@ from torch import Tensor
 from .errors import DataError
 from .index import TrainingIndex
 
-__all__ = ['sample_negatives', 'TrainingPairs', 'BPRBatch', 'NegativeSamplingError']
+__all__ = ['sample_negatives', 'TrainingPairs', 'BPRBatch', 'BatchShard',
+           'NegativeSamplingError']
 
 
 class NegativeSamplingError(ValueError):
     """No negative item can be drawn for some user."""
 
 
+class BatchShard:
+    """This process's rows of a global batch, under data parallelism.
+
+    Set by the distributed trainer on the :class:`BPRBatch` of each process: the
+    global batch of ``num_global`` triples is cut into contiguous slices, one per
+    process, and this process holds rows ``[start, stop)``. ``gather`` is a
+    differentiable all-gather of rows (``[stop - start, ...]`` on each process ->
+    ``[num_global, ...]`` in global order on every process).
+    """
+
+    __slots__ = ('rank', 'world_size', 'start', 'stop', 'num_global', 'gather_fn')
+
+    def __init__(self, rank: int, world_size: int, start: int, stop: int,
+                 num_global: int, gather_fn) -> None:
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.start, self.stop, self.num_global = int(start), int(stop), int(num_global)
+        self.gather_fn = gather_fn
+
+    def __repr__(self) -> str:
+        return (f'BatchShard(rank={self.rank}/{self.world_size}, rows '
+                f'[{self.start}, {self.stop}) of {self.num_global})')
+
+
 class BPRBatch(tuple):
-    """One batch of BPR triples ``(users, pos, neg)`` (a tuple of three ``LongTensor``
+    r"""One batch of BPR triples ``(users, pos, neg)`` (a tuple of three ``LongTensor``
     of the same length): what :meth:`Recommender.loss
     <mambarec_pyg.models.Recommender.loss>` receives.
 
     :attr:`size` is the configured batch size :math:`B`, also for a shorter last
     batch (MMRec's per-batch regularisers divide by it); ``None``: the batch's own
     length (:attr:`nominal_size`).
+
+    **Data parallelism.** Under ``torchrun`` each process receives its slice of the
+    global batch (:attr:`shard`; ``None`` in a single process). A model's loss is then
+    written with the batch's reductions so that the result does not depend on the
+    number of processes:
+
+    * :meth:`mean` / :meth:`sum` for a term that is a mean / sum over the triples
+      (the BPR term, per-row regularisers divided by :attr:`size`);
+    * :meth:`gather` for the rows entering a term that couples the triples of the
+      batch (in-batch InfoNCE, MMD, a mean of a nonlinear function of batch sums):
+      every process then computes that term over the whole global batch;
+    * :meth:`local` for random numbers drawn per triple: draw them for
+      :attr:`num_global` rows (the same draws on every process) and keep this
+      process's rows.
+
+    Terms that do not depend on the batch (a penalty on whole tables) are written as
+    usual. On one process the reductions are the plain ones (``values.mean()``,
+    ``values.sum()``, the identity). On several, a per-triple term is this process's
+    share times the number of processes: the mean over the processes is the
+    single-process value, and so is the mean of their gradients (what
+    ``DistributedDataParallel`` computes).
     """
 
     def __new__(cls, users: Tensor, pos: Tensor, neg: Tensor,
-                size: Optional[int] = None) -> 'BPRBatch':
+                size: Optional[int] = None,
+                shard: Optional[BatchShard] = None) -> 'BPRBatch':
         self = super().__new__(cls, (users, pos, neg))
         self.size = size
+        self.shard = shard
         return self
 
     def __getnewargs__(self):
-        return (*self, self.size)
+        return (*self, self.size, self.shard)
 
     @property
     def users(self) -> Tensor:
@@ -86,11 +133,50 @@ class BPRBatch(tuple):
 
     @property
     def nominal_size(self) -> int:
-        """:attr:`size`, or the number of triples when it is ``None``."""
-        return int(self.size) if self.size is not None else int(self[0].numel())
+        """:attr:`size`, or the number of triples of the global batch when it is
+        ``None``."""
+        return int(self.size) if self.size is not None else self.num_global
+
+    @property
+    def num_global(self) -> int:
+        """Triples in the global batch (all processes); here, on one process."""
+        return self.shard.num_global if self.shard is not None else int(self[0].numel())
+
+    def mean(self, values: Tensor) -> Tensor:
+        """The mean over the global batch of a per-triple quantity ``values``
+        (``[b]`` or ``[b, ...]``, rows = this process's triples); see the class
+        doc for its value on several processes."""
+        if self.shard is None:
+            return values.mean()
+        per_row = 1
+        for n in values.shape[1:]:
+            per_row *= int(n)
+        denom = max(self.shard.num_global * per_row, 1)
+        return values.sum() * (self.shard.world_size / denom)
+
+    def sum(self, values: Tensor) -> Tensor:
+        """The sum over the global batch of a per-triple quantity ``values``."""
+        if self.shard is None:
+            return values.sum()
+        return values.sum() * self.shard.world_size
+
+    def gather(self, rows: Tensor) -> Tensor:
+        """``rows`` (this process's triples first) from every process, in the order
+        of the global batch, with gradients flowing back to each process's rows."""
+        if self.shard is None:
+            return rows
+        return self.shard.gather_fn(rows)
+
+    def local(self, rows: Tensor) -> Tensor:
+        """This process's rows of a tensor over the global batch (``[num_global,
+        ...]``)."""
+        if self.shard is None:
+            return rows
+        return rows[self.shard.start:self.shard.stop]
 
     def __repr__(self) -> str:
-        return f'BPRBatch(triples={self[0].numel()}, size={self.size})'
+        return (f'BPRBatch(triples={self[0].numel()}, size={self.size}'
+                + (f', {self.shard!r}' if self.shard is not None else '') + ')')
 
 
 class TrainingPairs:

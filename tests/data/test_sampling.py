@@ -179,3 +179,43 @@ def test_same_distribution_as_pyg_structured_negative_sampling_on_a_common_pool(
                           np.bincount(shifted, minlength=20)])
     _, p_biased, _, _ = stats.chi2_contingency(marginals)
     assert p_biased < 1e-6
+
+
+def test_batch_reductions_on_one_process_are_the_plain_ones():
+    from mambarec_pyg.data.sampling import BPRBatch
+    g = torch.Generator().manual_seed(0)
+    users, pos, neg = (torch.randint(10, (7, ), generator=g) for _ in range(3))
+    batch = BPRBatch(users, pos, neg, 16)
+    x = torch.randn(7, 3, generator=g, dtype=torch.float64)
+    assert batch.num_global == 7 and batch.nominal_size == 16
+    assert torch.equal(batch.mean(x), x.mean())
+    assert torch.equal(batch.sum(x), x.sum())
+    assert batch.gather(x) is x and batch.local(x) is x
+    assert BPRBatch(users, pos, neg).nominal_size == 7
+
+
+@pytest.mark.parametrize('world', [2, 3])
+def test_batch_shards_average_to_the_global_values(world):
+    """Per-process values of mean/sum, averaged over the processes, equal the
+    single-process value (a plain loop over simulated shards); gather rebuilds the
+    global rows and local picks each shard's rows of a global draw."""
+    from mambarec_pyg.data.sampling import BatchShard, BPRBatch
+    g = torch.Generator().manual_seed(1)
+    n = 10  # not divisible by 3
+    users, pos, neg = (torch.randint(10, (n, ), generator=g) for _ in range(3))
+    x = torch.randn(n, 4, generator=g, dtype=torch.float64)
+    bounds = torch.tensor_split(torch.arange(n), world)
+    rows = [(int(b[0]), int(b[-1]) + 1) for b in bounds]
+    means, sums = [], []
+    for r, (lo, hi) in enumerate(rows):
+        shard = BatchShard(r, world, lo, hi, n, lambda t: x)
+        b = BPRBatch(users[lo:hi], pos[lo:hi], neg[lo:hi], 12, shard)
+        assert b.num_global == n and b.nominal_size == 12
+        means.append(b.mean(x[lo:hi]))
+        sums.append(b.sum(x[lo:hi]))
+        assert torch.equal(b.local(x), x[lo:hi])
+        assert torch.equal(b.gather(x[lo:hi]), x)
+    expected_mean = sum(float(v) for v in x.flatten()) / x.numel()
+    expected_sum = sum(float(v) for v in x.flatten())
+    assert float(sum(means)) / world == pytest.approx(expected_mean, rel=1e-12)
+    assert float(sum(sums)) / world == pytest.approx(expected_sum, rel=1e-12)
