@@ -76,6 +76,7 @@ from .checkpoint import (CheckpointError, environment, load_checkpoint, rng_stat
                          save_checkpoint, seed_everything, set_rng_state, write_json)
 from .evaluate import Evaluator
 from .rundir import RunLock
+from .step import TrainingStep
 
 __all__ = ['Trainer', 'TrainResult', 'TrainingDivergedError', 'make_optimizer',
            'resolve_protocol']
@@ -239,6 +240,9 @@ class Trainer:
         self.optimizer: Optional[torch.optim.Optimizer] = None
         self.scheduler = None
         self.pairs: Optional[TrainingPairs] = None
+        #: the optimisation step (:class:`~mambarec_pyg.train.step.TrainingStep`;
+        #: built with the optimiser when ``None``).
+        self.step: Optional[TrainingStep] = None
         # run state
         self.epoch = 0  # epochs completed
         self.best_epoch = -1
@@ -605,6 +609,7 @@ class Trainer:
     def _run_epoch(self, epoch: int) -> Dict[str, Any]:
         cfg = self.config
         model, opt = self.model, self.optimizer
+        step = self.step if self.step is not None else TrainingStep(model, opt)
         extra = model.on_epoch_start(epoch) if hasattr(model, 'on_epoch_start') else None
         lr = opt.param_groups[0]['lr']
         model.train()
@@ -619,7 +624,7 @@ class Trainer:
         try:
             for b, batch in enumerate(
                     self.pairs.epoch(cfg.batch_size, self.generator, self.device)):
-                parts = model.loss(batch)
+                parts = step.forward(batch)
                 if names is None:
                     names = _part_names(parts)
                     sums = torch.zeros(len(names), dtype=torch.float64,
@@ -632,9 +637,7 @@ class Trainer:
                             epoch, b, num_batches, names, values))
                 else:
                     recent.append(values)
-                opt.zero_grad(set_to_none=True)
-                parts['total'].backward()
-                opt.step()
+                step.update(parts)
                 sums += values
                 if len(recent) >= check_every or (recent and b == num_batches - 1):
                     self._check_recent(epoch, b, num_batches, names, recent)
@@ -646,7 +649,8 @@ class Trainer:
         if self.device.type == 'cuda':
             torch.cuda.synchronize(self.device)
         train_s = time.perf_counter() - t0
-        means = (sums / max(num_batches, 1)).tolist() if sums is not None else []
+        means = (step.reduce(sums) / max(num_batches, 1)).tolist() \
+            if sums is not None else []
         losses = dict(zip(names or [], means))
 
         t1 = time.perf_counter()
