@@ -52,7 +52,8 @@ MOVED = {
 #: resume with a message naming the field.
 RESUMABLE_CHANGES = ('train.max_epochs', 'train.patience', 'train.patience_warmup',
                      'train.device', 'train.eval_batch_size', 'train.num_threads',
-                     'train.deterministic', 'train.checkpoint_interval_s')
+                     'train.deterministic', 'train.checkpoint_interval_s',
+                     'train.distributed')
 
 
 # ---------------------------------------------------------------------------------
@@ -155,8 +156,15 @@ class TrainConfig:
     #: ``best.pt`` is written with it when the best epoch changed. 0: after every
     #: epoch. A crash (``kill -9``, power loss) loses at most this much training.
     checkpoint_interval_s: float = 60.0
+    #: data parallelism under ``torchrun``: ``'auto'`` splits every global batch
+    #: of ``batch_size`` triples over the processes ``torchrun`` started (one
+    #: device per process; results do not depend on their number), ``'off'``
+    #: ignores the launch and trains on one process. Without ``torchrun`` both
+    #: train on one process.
+    distributed: str = 'auto'
 
     def __post_init__(self) -> None:
+        check_choice('train.distributed', self.distributed, ('auto', 'off'))
         if self.num_threads < 0:
             raise ConfigError(f'train.num_threads: expected an integer >= 0 (0: '
                               f"PyTorch's default), got {self.num_threads!r}")

@@ -129,9 +129,10 @@ def _target_view(rows: Tensor, mask: Optional[Tensor], index: Tensor) -> Tensor:
     return rows if mask is None else rows * mask[index]
 
 
-def _alignment(online: Tensor, target: Tensor) -> Tensor:
-    """:math:`1 - ` the batch mean of the row cosines (the target without grad)."""
-    return 1.0 - F.cosine_similarity(online, target.detach(), dim=-1).mean()
+def _alignment(online: Tensor, target: Tensor, batch: BPRBatch) -> Tensor:
+    """:math:`1 - ` the batch mean of the row cosines (the target without grad; the
+    mean over the global batch, :meth:`BPRBatch.mean`)."""
+    return 1.0 - batch.mean(F.cosine_similarity(online, target.detach(), dim=-1))
 
 
 @register('bm3')
@@ -226,14 +227,16 @@ class BM3(Recommender):
         u, i = user[users], item[items]
         u_target = _target_view(u, masks[0], users)
         i_target = _target_view(i, masks[1], items)
-        u_online, i_online = self.predictor(torch.cat([u, i])).split(users.numel())
-        align = _alignment(u_online, i_target) + _alignment(i_online, u_target)
+        u_online, i_online = self.predictor(torch.cat([u, i])).split(
+            [users.numel()] * 2)
+        align = _alignment(u_online, i_target, batch) + \
+            _alignment(i_online, u_target, batch)
         reg = self.config.reg_weight * emb_loss(user, item)
         cl = align.new_zeros(())
         for m, mask in zip(self.modalities, masks[2:]):
             x = self.project(m)[items]
             x_online = self.predictor(x)
-            cl = cl + _alignment(x_online, i_target) + \
-                _alignment(x_online, _target_view(x, mask, items))
+            cl = cl + _alignment(x_online, i_target, batch) + \
+                _alignment(x_online, _target_view(x, mask, items), batch)
         total = align + reg + self.config.cl_weight * cl
         return {'total': total, 'align': align, 'reg': reg, 'cl': cl}

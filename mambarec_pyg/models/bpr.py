@@ -80,6 +80,6 @@ class BPR(Recommender):
         users, pos, neg = batch
         u = self.user_embedding(users)
         i, j = self.item_embedding(pos), self.item_embedding(neg)
-        bpr = bpr_loss((u * i).sum(dim=-1), (u * j).sum(dim=-1))
-        reg = self.config.reg_weight * emb_loss(u, i, j)
+        bpr = bpr_loss((u * i).sum(dim=-1), (u * j).sum(dim=-1), batch)
+        reg = self.config.reg_weight * emb_loss(u, i, j, batch=batch)
         return {'total': bpr + reg, 'bpr': bpr, 'reg': reg}

@@ -294,13 +294,14 @@ class FREEDOM(Recommender):
         users, pos, neg = batch
         user, item = self.embed()
         u = user[users]
-        bpr = bpr_loss((u * item[pos]).sum(-1), (u * item[neg]).sum(-1))
+        bpr = bpr_loss((u * item[pos]).sum(-1), (u * item[neg]).sum(-1), batch)
         if self.config.reg_weight == 0.0:
             # The modality terms would only add zero gradients.
             return {'total': bpr, 'bpr': bpr}
         modal = bpr.new_zeros(())
         for m in self.modalities:
             t = self.project(m)
-            modal = modal + bpr_loss((u * t[pos]).sum(-1), (u * t[neg]).sum(-1))
+            modal = modal + bpr_loss((u * t[pos]).sum(-1), (u * t[neg]).sum(-1),
+                                     batch)
         total = bpr + self.config.reg_weight * modal
         return {'total': total, 'bpr': bpr, 'modality_bpr': modal}

@@ -562,13 +562,16 @@ class LGMRec(Recommender):
         users, pos, neg = batch
         out = self.encode()
         u, i, j = out.user[users], out.item[pos], out.item[neg]
-        bpr = bpr_loss((u * i).sum(dim=-1), (u * j).sum(dim=-1))
-        reg = self.config.reg_weight * emb_loss(u, i, j)
+        bpr = bpr_loss((u * i).sum(dim=-1), (u * j).sum(dim=-1), batch)
+        reg = self.config.reg_weight * emb_loss(u, i, j, batch=batch)
         parts = {'bpr': bpr, 'reg': reg}
         total = bpr + reg
         if len(self.modalities) > 1:
             weight = self.config.cl_weight
-            hcl = weight * self.hcl(out, users, pos) if weight else bpr.new_zeros(())
+            # a sum over the triples (every user or item is a candidate, not only
+            # the batch's): this process's sum, scaled by BPRBatch.sum
+            hcl = weight * batch.sum(self.hcl(out, users, pos)) if weight else \
+                bpr.new_zeros(())
             parts['hcl'] = hcl
             total = total + hcl
         return {'total': total, **parts}

@@ -110,8 +110,8 @@ class LightGCN(Recommender):
         users, pos, neg = batch
         user, item = self.embed()
         u, i, j = user[users], item[pos], item[neg]
-        bpr = bpr_loss((u * i).sum(dim=-1), (u * j).sum(dim=-1))
+        bpr = bpr_loss((u * i).sum(dim=-1), (u * j).sum(dim=-1), batch)
         reg = self.config.reg_weight * emb_loss(self.user_embedding(users),
                                                 self.item_embedding(pos),
-                                                self.item_embedding(neg))
+                                                self.item_embedding(neg), batch=batch)
         return {'total': bpr + reg, 'bpr': bpr, 'reg': reg}

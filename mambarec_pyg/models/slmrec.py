@@ -259,6 +259,10 @@ class SLMRec(Recommender):
         # one gather (one scatter in the backward pass) for the batch's users and items
         rows = self.branches()[torch.cat([users, self.num_users + pos])]
         user, item = rows[:users.numel()], rows[users.numel():]
+        if batch.shard is not None:
+            # Both terms couple the batch's rows: every process computes them on
+            # the whole global batch (one gather of the users' and items' rows).
+            user, item = batch.gather(torch.cat([user, item], dim=1)).chunk(2, dim=1)
         main = info_nce(self.user_fusion(user), self.item_fusion(item),
                         self.config.temp)
         fac = self.fac_losses(item)

@@ -121,6 +121,6 @@ class VBPR(Recommender):
         users, pos, neg = batch
         item = self.item_representations()
         u, i, j = self.user_embedding(users), item[pos], item[neg]
-        bpr = bpr_loss((u * i).sum(dim=-1), (u * j).sum(dim=-1))
-        reg = self.config.reg_weight * emb_loss(u, i, j)
+        bpr = bpr_loss((u * i).sum(dim=-1), (u * j).sum(dim=-1), batch)
+        reg = self.config.reg_weight * emb_loss(u, i, j, batch=batch)
         return {'total': bpr + reg, 'bpr': bpr, 'reg': reg}
