@@ -42,7 +42,10 @@ whole item matrix :math:`\mathbf{I}` ``[N, d]`` (LightGCN outputs, residual incl
 before the predictor), summed and divided by the number of items :math:`N` (the rows
 of EmbLoss's last argument) -- not by the batch size. :math:`\lambda_{cl}` =
 ``cl_weight`` = 2. MMRec's two modalities (text and image) become the sum over the
-modalities here.
+modalities here. On several processes (:mod:`~mambarec_pyg.train.distributed`) each
+:math:`c(\cdot,\cdot)` is a mean of per-triple cosines over the global batch
+(``batch.mean``), the regulariser reads no batch row, and the dropout masks, drawn
+over the whole tables from one generator, are the same on every process.
 
 **Score**: :math:`\hat y_{ui} = p(\mathbf{U})_u^\top p(\mathbf{I})_i`, with the full
 (undropped) online embeddings.

@@ -61,6 +61,10 @@ The projections :math:`T_m` run on the whole feature tables, as in MMRec: the
 gradient of a trainable table is dense anyway, and at Baby scale one whole-table
 product costs less than gathering the batch's rows and scattering their gradient back.
 
+On several processes (:mod:`~mambarec_pyg.train.distributed`) both BPR terms are
+means over the global batch (``batch.mean``); the pruned graph is drawn from the
+global RNG over all edges, so every process draws the same one.
+
 Where this differs from MMRec (no difference in what is learned):
 
 * The sampling weights are the normalised training weights of

@@ -46,7 +46,10 @@ modality). Xavier-normal initialisation of :math:`\mathbf{E}_{id}`, the
 preferences, :math:`\mathbf{W}_m` and :math:`\mathbf{C}`; PyTorch's default for
 the biases. MMRec's fixed settings: ``aggr='add'``, no activations, normalisation
 on, ``weight_mode='confid'``, pruning on, ``fusion_mode='concat'``, no edge
-dropout (``dropout_adj`` with p = 0).
+dropout (``dropout_adj`` with p = 0). On several processes
+(:mod:`~mambarec_pyg.train.distributed`) the BPR term, the ID term and the batch
+users' preference terms are means of per-triple values over the global batch
+(``batch.mean``); the first modality's whole preference table needs nothing.
 
 Where this differs from MMRec, and why:
 

@@ -76,6 +76,13 @@ embeddings). The hypergraph contrastive term of two modalities :math:`a, b` is
 batch count each time), with **all** users (items) as candidates, the positive
 included.
 
+**Several processes** (:mod:`~mambarec_pyg.train.distributed`): BPR is a mean
+over the global batch (``batch.mean``), each EmbLoss norm the global batch's (from
+the gathered row norms, :func:`~mambarec_pyg.nn.losses.emb_loss`), and
+:math:`\mathcal{L}_{HCL}` a sum over the triples whose candidates are all users
+(items), not the batch's: each process's sum, scaled by ``batch.sum``. The Gumbel
+noise and dropout masks cover whole tables and are the same on every process.
+
 **More or fewer modalities.** MMRec's code is written for exactly image (v) and
 text (t). Here :math:`\mathbf{E}^l` and :math:`\mathbf{E}^g` sum over every modality
 of ``data.modalities``, and :math:`\mathcal{L}_{HCL}` is the sum of

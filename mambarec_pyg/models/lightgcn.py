@@ -20,6 +20,11 @@ normalised user-item graph (no self loops;
 (MMRec's ``EmbLoss`` on the layer-0 embeddings of the batch). Xavier-uniform
 initialisation. No item features.
 
+On several processes (:mod:`~mambarec_pyg.train.distributed`) the BPR mean is
+over the global batch (``batch.mean``) and each Frobenius norm is the global
+batch's, from the gathered row norms (:func:`~mambarec_pyg.nn.losses.emb_loss`
+with ``batch``).
+
 The layers are PyG's :class:`~torch_geometric.nn.conv.LGConv`
 (:class:`~mambarec_pyg.nn.LightGCNPropagation`) on the pre-normalised CSR adjacency
 the data carries. :class:`torch_geometric.nn.models.LightGCN` is the same model but

@@ -36,6 +36,11 @@ embeddings, preferences, graph weights :math:`\mathbf{W}^l`, :math:`\mathbf{L}^l
 and :math:`\mathbf{G}^1`; PyTorch's default for the latent layer and
 :math:`\mathbf{G}^{l \ge 2}` (MMRec never re-initialises them).
 
+On several processes (:mod:`~mambarec_pyg.train.distributed`) the BPR term and the
+ID term are means of per-triple values over the global batch (``batch.mean``,
+:func:`~mambarec_pyg.nn.losses.stacked_square_mean`); the preference term reads no
+batch row.
+
 Where this differs from MMRec, and why:
 
 * **Trained ID embeddings and preferences.** MMRec builds both as plain tensors

@@ -9,7 +9,12 @@ their hyper-parameters:
 * :func:`mmd_loss` / :class:`MMDLoss` -- squared maximum mean discrepancy with a
   Gaussian kernel (eqs. 7-9);
 * :func:`emb_loss` -- MMRec's ``EmbLoss`` regulariser of the baselines (Frobenius
-  norms, not squared, over the batch length).
+  norms, not squared, over the batch length);
+* :func:`stacked_square_mean` -- MMGCN's and GRCN's ID regulariser.
+
+The batch terms take the :class:`~mambarec_pyg.data.sampling.BPRBatch` (``batch``) so
+that on one process's slice of a global batch (data parallelism) they give the
+value the rule of :class:`~mambarec_pyg.models.Recommender` asks for.
 """
 from __future__ import annotations
 
