@@ -551,14 +551,14 @@ class DistributedStep(TrainingStep):
         over the processes is the global batch's value, :meth:`reduce`)."""
         local = self.shard(batch)
         if self._ddp is not None:
-            return _collective('forward', lambda: self._ddp(local), self.context)
-        return _collective('forward', lambda: self.model.loss(local), self.context)
+            return self._ddp(local)
+        return self.model.loss(local)
 
     def update(self, parts: Dict[str, Tensor]) -> None:
         """Backpropagate, average the gradients over the processes, apply the
         optimiser step."""
         self.optimizer.zero_grad(set_to_none=True)
-        _collective('backward', parts['total'].backward, self.context)
+        parts['total'].backward()
         if self._ddp is None:
             _collective('gradient all-reduce', self._average_gradients, self.context)
         self.optimizer.step()
@@ -602,7 +602,7 @@ class DistributedStep(TrainingStep):
                                        f'dense gradients only')
         for bucket in _buckets(used, self.bucket_bytes):
             grads = [p.grad for p in bucket]
-            if len(grads) == 1:
+            if len(grads) == 1 and grads[0].is_contiguous():
                 flat = grads[0]
                 dist.all_reduce(flat, group=group)
                 flat.div_(self.world_size)
@@ -617,26 +617,28 @@ class DistributedStep(TrainingStep):
                 offset += n
 
     def check_in_sync(self) -> None:
-        """Raise :class:`DistributedError` unless every process holds the same
-        parameters (compares a checksum of rank 0's with each process's)."""
+        """Raise :class:`DistributedError` on every process unless every process
+        holds rank 0's parameters (compared by per-parameter checksums)."""
         import torch.distributed as dist
+        ctx = self.context
+        names = {id(p): n for n, p in self.model.named_parameters()}
         with torch.no_grad():
             sums = torch.stack([p.detach().double().sum() for p in self.params]) \
                 if self.params else torch.zeros(1, dtype=torch.float64)
-            ref = sums.clone()
-        ref = ref.to(self.context.device)
-        _collective('broadcast', lambda: dist.broadcast(ref, 0,
-                                                        group=self.context.group),
-                    self.context)
-        bad = (ref.cpu() != sums.cpu()).nonzero().view(-1)
-        ok = self.context.all_true(bad.numel() == 0) if hasattr(
-            self.context, 'all_true') else bad.numel() == 0
-        if not ok:
-            where = (f'parameter {int(bad[0])} differs on rank {self.rank}'
-                     if bad.numel() else f'rank {self.rank} agrees with rank 0')
-            raise DistributedError(f'the model replicas differ between the processes '
-                                   f'({where}); build the model from the same seed on '
-                                   f'every process')
+        ref = sums.clone().to(ctx.device)
+        _collective('broadcast', lambda: dist.broadcast(ref, 0, group=ctx.group), ctx)
+        bad = (ref.cpu() != sums).nonzero().view(-1)
+        flags = torch.zeros(self.world_size, device=ctx.device)
+        flags[self.rank] = float(bad.numel() > 0)
+        _collective('all_reduce', lambda: dist.all_reduce(flags, group=ctx.group), ctx)
+        differing = flags.nonzero().view(-1).tolist()
+        if differing:
+            mine = (f'; here parameter {names.get(id(self.params[int(bad[0])]))!r} '
+                    f'differs' if bad.numel() else '')
+            raise DistributedError(
+                f'rank {self.rank}: the model replicas differ from rank 0\'s on rank(s) '
+                f'{", ".join(map(str, differing))}{mine}; build the model from the '
+                f'same seed on every process')
 
 
 def _buckets(params: Sequence[Tensor], bucket_bytes: int) -> List[List[Tensor]]:

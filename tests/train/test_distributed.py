@@ -329,8 +329,8 @@ def test_step_collectives_agree(collectives):
         assert seen['finite'] == (True, False)
         assert seen['object'] == {'stop': True, 'from': 0}
         # a replica changed on the last process: every process learns it
-        assert 'the model replicas differ between the processes' in \
-            seen['out_of_sync']
+        assert f"the model replicas differ from rank 0's on rank(s) " \
+            f"{world_size - 1}" in seen['out_of_sync']
         assert 'dense gradients only' in seen['sparse']
 
 
