@@ -11,9 +11,9 @@ step (bytes each process sends into the gradient all-reduce and into the gathers
 the loss) and each process's peak memory. With ``--epoch`` a whole epoch is timed
 instead.
 
-    python benchmarks/distributed.py                          # Baby scale, CPU, 1 and 2 processes
-    python benchmarks/distributed.py --quick                  # tiny data, a few steps
-    python benchmarks/distributed.py --processes 1 2 4 8 --device cuda   # a GPU node
+    python benchmarks/distributed.py              # Baby scale, CPU, 1 and 2 processes
+    python benchmarks/distributed.py --quick      # tiny data, a few steps
+    python benchmarks/distributed.py --processes 1 2 4 8 --device cuda  # a GPU node
 
 Processes are started as ``torchrun`` would start them (``RANK``, ``WORLD_SIZE``,
 ... on 127.0.0.1), one thread each (``--threads``). Results go to

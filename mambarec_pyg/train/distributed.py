@@ -54,8 +54,9 @@ from ..data.sampling import BatchShard, BPRBatch
 from .step import TrainingStep
 
 __all__ = ['DistributedError', 'Launch', 'DistributedContext', 'DistributedStep',
-           'detect_launch', 'init_distributed', 'shard_bounds', 'shard_sizes',
-           'shard_batch', 'gather_rows', 'DEFAULT_TIMEOUT_S', 'SYNC_MODES']
+           'detect_launch', 'wants_distributed', 'init_distributed', 'shard_bounds',
+           'shard_sizes', 'shard_batch', 'gather_rows', 'DEFAULT_TIMEOUT_S',
+           'SYNC_MODES']
 
 #: Seconds a collective waits for the other processes before it fails (the
 #: ``timeout`` of :func:`torch.distributed.init_process_group`).
@@ -500,7 +501,13 @@ class DistributedStep(TrainingStep):
             :class:`~torch.nn.parallel.DistributedDataParallel`-wrapped module, whose
             gradient hooks average the buckets while the backward pass runs
             (parameters that get no gradient need ``find_unused_parameters``).
-            Same result; ``benchmarks/distributed.py`` compares their speed.
+            Same result; ``benchmarks/distributed.py`` compares their speed. The
+            default is ``'allreduce'``: on a CPU with two processes of one thread
+            each, DDP's overlap of communication and backward pass did not make it
+            faster (the cores are busy with the backward pass either way), and the
+            explicit all-reduce needs no ``find_unused_parameters``, no buffer
+            handling and no wrapper. On GPUs, where NCCL traffic can overlap the
+            backward pass, ``'ddp'`` may be faster (not measured yet).
         bucket_mb: gradient bucket size of both modes.
         find_unused_parameters: passed to ``DistributedDataParallel`` (``'ddp'``).
 
