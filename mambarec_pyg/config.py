@@ -185,9 +185,16 @@ class TrainConfig:
     #: ``best.pt`` is written with it when the best epoch changed. 0: after every
     #: epoch. A crash (``kill -9``, power loss) loses at most this much training.
     checkpoint_interval_s: float = 60.0
+    #: data parallelism under ``torchrun``: ``'auto'`` splits every global batch
+    #: of ``batch_size`` triples over the processes ``torchrun`` started (one
+    #: device per process; results do not depend on their number), ``'off'``
+    #: ignores the launch and trains on one process. Without ``torchrun`` both
+    #: train on one process.
+    distributed: str = 'auto'
 
     def __post_init__(self) -> None:
         check_finite('train', self)
+        check_choice('train.distributed', self.distributed, ('auto', 'off'))
         if not 0 <= self.num_threads <= MAX_NUM_THREADS:
             raise ConfigError(f'train.num_threads: expected an integer from 0 (0: '
                               f"PyTorch's default) to {MAX_NUM_THREADS}, got "

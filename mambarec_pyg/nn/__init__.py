@@ -6,7 +6,8 @@ from .conv import (LightGCNConv, LightGCNPropagation, WeightedPropagation,
 from .dream import DREAM
 from .functional import frozen_product, normalize_rows
 from .fusion import ModalityFusion
-from .losses import InfoNCELoss, MMDLoss, bpr_loss, emb_loss, info_nce, mmd_loss
+from .losses import (InfoNCELoss, MMDLoss, bpr_loss, emb_loss, info_nce, mmd_loss,
+                     stacked_square_mean)
 from .projection import Projection, reduced_width
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     'emb_loss',
     'info_nce',
     'mmd_loss',
+    'stacked_square_mean',
     'InfoNCELoss',
     'MMDLoss',
 ]
