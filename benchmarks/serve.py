@@ -158,7 +158,10 @@ def soak(args) -> dict:
     """Run tests/serve/test_soak.py (marked slow) with this benchmark's settings."""
     with tempfile.NamedTemporaryFile(suffix='.json', delete=False) as f:
         report_path = f.name
-    env = dict(os.environ, MAMBAREC_SOAK_SECONDS=str(args.soak_seconds),
+    from mambarec_pyg.data.synthetic import default_cache_root
+    # the same data cache as this process (the tests would make a temporary one)
+    env = dict(os.environ, MAMBAREC_CACHE=str(default_cache_root().parent),
+               MAMBAREC_SOAK_SECONDS=str(args.soak_seconds),
                MAMBAREC_SOAK_RELOAD_SECONDS=str(args.reload_seconds),
                MAMBAREC_SOAK_PRESET=args.preset,
                MAMBAREC_SOAK_CLIENTS=str(args.clients),
