@@ -100,7 +100,7 @@ def main() -> dict:
         server_args = ['--index', args.index, '--log-level', 'warning',
                        '--max-batch', str(max(1000, args.batch_size))]
         with LocalServer(directory, server_args, lean=True) as server:
-            results['rss_start_mib'] = round(server.rss() / 2**20, 1)
+            results['rss_start_mib'] = mib(server.rss())
             run_load(server.url, lambda n: ('GET', f'/recommend?user={n % U}', None),
                      clients=args.clients, requests=200)  # warm-up
             single = run_load(
@@ -116,7 +116,7 @@ def main() -> dict:
                 clients=args.clients, requests=args.batch_requests, check=check_batch)
             results['batch'] = dict(batch.as_dict(), batch_size=batches.shape[1])
             report(f'batch of {batches.shape[1]}', batch)
-            results['rss_end_mib'] = round(server.rss() / 2**20, 1)
+            results['rss_end_mib'] = mib(server.rss())
         print(f"server memory: {results['rss_start_mib']} MiB at start, "
               f"{results['rss_end_mib']} MiB at the end")
         if args.soak:
@@ -130,6 +130,10 @@ def main() -> dict:
             args.soak and not results['soak'].get('passed')):
         sys.exit(1)
     return results
+
+
+def mib(size):
+    return None if size is None else round(size / 2**20, 1)
 
 
 def make_export(preset: str, model_name: str, out: Path) -> Path:

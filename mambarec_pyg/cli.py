@@ -693,8 +693,17 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .serve.export import ExportError, checkpoint_info, export_model
+    from .serve.export import ExportError, check_target, checkpoint_info, export_model
     from .train.checkpoint import load_checkpoint
+    if args.keep < 1:
+        raise CommandError(f'--keep: expected a positive integer, got {args.keep}', 2)
+    try:  # before the model is loaded: refuse early
+        check_target(args.output, args.overwrite)
+    except FileExistsError as e:
+        raise CommandError(f'{e}'.replace('pass overwrite=True (--overwrite)',
+                                          'use --overwrite'), 1) from None
+    except ExportError as e:
+        raise CommandError(str(e), 1) from None
     model, data, config = _load(args)
     path = _checkpoint_path(args.checkpoint)
     state = load_checkpoint(path, trusted=bool(args.trust_checkpoint))

@@ -59,7 +59,7 @@ from ..io import atomic_directory
 __all__ = ['FORMAT', 'SCORE_FUNCTIONS', 'Export', 'ExportError', 'export_model',
            'write_export', 'load_export', 'resolve_export', 'read_id_maps',
            'interactions_fingerprint', 'data_fingerprint', 'checkpoint_info',
-           'list_versions']
+           'list_versions', 'check_target']
 
 PathLike = Union[str, os.PathLike]
 
@@ -355,7 +355,7 @@ def write_export(output: PathLike, user_embeddings: np.ndarray,
     arrays = {name: np.ascontiguousarray(value, dtype=ARRAYS[name][1])
               for name, value in arrays.items()}
     _check_arrays(arrays, user_ids, item_ids, where='export')
-    _check_target(output, overwrite)
+    check_target(output, overwrite)
     num_users, num_items, dim = (arrays['user_embeddings'].shape[0],
                                  arrays['item_embeddings'].shape[0],
                                  arrays['item_embeddings'].shape[1])
@@ -467,7 +467,11 @@ def _check_arrays(arrays: Dict[str, np.ndarray], user_ids, item_ids,
             fail(file, 'expected distinct external ids')
 
 
-def _check_target(output: Path, overwrite: bool) -> None:
+def check_target(output: PathLike, overwrite: bool) -> None:
+    """Raise unless an export may be written to ``output``: :class:`FileExistsError`
+    when it holds one and ``overwrite`` is false, :class:`ExportError` when it is a
+    file, one version of an export, or a non-empty directory that holds no export."""
+    output = Path(output)
     if output.exists() and not output.is_dir():
         raise ExportError(f"'{output}' is a file; expected an export directory")
     if not output.is_dir():

@@ -288,8 +288,16 @@ def test_cli_export(checkpoint, tmp_path, capsys):
     assert 'holds an export' in capsys.readouterr().err
     assert main(['export', str(ckpt), '--output', str(out), '--overwrite']) == 0
     assert resolve_export(out) != e.path
-    assert main(['export', str(tmp_path / 'none.pt'), '--output', str(out)]) == 1
+    assert main(['export', str(tmp_path / 'none.pt'), '--output',
+                 str(tmp_path / 'new')]) == 1
     assert 'checkpoint not found' in capsys.readouterr().err
+    assert main(['export', str(ckpt), '--output', str(out), '--overwrite',
+                 '--keep', '0']) == 2
+    assert '--keep: expected a positive integer' in capsys.readouterr().err
+    (tmp_path / 'busy').mkdir()
+    (tmp_path / 'busy' / 'mine.txt').write_text('x')
+    assert main(['export', str(ckpt), '--output', str(tmp_path / 'busy')]) == 1
+    assert 'holds no export' in capsys.readouterr().err
 
 
 def test_cli_export_with_id_maps(mapped, tmp_path, capsys):
