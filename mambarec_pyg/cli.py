@@ -1,5 +1,5 @@
 """The ``mambarec`` command: train, evaluate, recommend, search, models, stats,
-prepare.
+prepare, export, serve.
 
 ::
 
@@ -10,6 +10,8 @@ prepare.
     mambarec train --config run.yaml --train.max-epochs 50 --resume --output runs/x
     mambarec evaluate runs/baby/best.pt --split test
     mambarec recommend runs/baby/best.pt --users 0,1,2 --k 20 --format json
+    mambarec export runs/baby/best.pt --output exports/baby
+    mambarec serve exports/baby --host 127.0.0.1 --port 8000
     mambarec stats --data data --dataset baby
     mambarec search --synthetic baby --output runs/grid
     mambarec prepare --ratings ratings_Baby.csv --meta meta_Baby.json.gz \\
@@ -297,6 +299,39 @@ def build_parser(model_name: str = DEFAULT_MODEL) -> argparse.ArgumentParser:
     st.add_argument('--format', choices=('table', 'json'), default='table')
     _add_data_flags(st)
     st.set_defaults(func=cmd_stats, _parser=st)
+
+    x = sub.add_parser('export', help='export a checkpoint for serving',
+                       description='Write the final user and item embeddings, each '
+                       "user's training items, item popularity, the external id "
+                       'maps (when the data have them) and a manifest to DIR, for '
+                       '`mambarec serve`. The new version is published atomically '
+                       '(DIR/current); a running server picks it up on POST /reload '
+                       'or SIGHUP.', allow_abbrev=False)
+    x.add_argument('checkpoint', metavar='CHECKPOINT')
+    x.add_argument('--output', required=True, metavar='DIR', help='export directory')
+    x.add_argument('--overwrite', action='store_true', help='replace the export DIR '
+                   'holds (atomically; the previous version is kept for readers '
+                   'that still use it)')
+    x.add_argument('--keep', type=_arg_type(int), default=2, metavar='N',
+                   help='versions kept in DIR/versions (default: 2)')
+    x.add_argument('--no-id-maps', action='store_true', help="don't export the "
+                   "dataset's u_id_mapping.csv / i_id_mapping.csv (serve internal ids)")
+    x.add_argument('--device', default='auto')
+    x.add_argument('--data', dest='short_root', metavar='ROOT',
+                   help='where the MMRec dataset now lives, if it moved')
+    x.add_argument('--trust-checkpoint', action='store_true', help=trust)
+    x.set_defaults(func=cmd_export, _parser=x)
+
+    from .serve.config import add_arguments as add_serve_arguments
+    v = sub.add_parser('serve', help='answer recommendation requests over HTTP',
+                       description='Serve an export (mambarec export) with FastAPI on '
+                       'uvicorn: GET/POST /recommend, GET /similar, GET /health, GET '
+                       '/metadata, POST /reload (or SIGHUP). Needs the serve extra: '
+                       "pip install 'mambarec-pyg[serve]'. python -m "
+                       'mambarec_pyg.serve takes the same options and starts faster '
+                       '(it does not load torch).', allow_abbrev=False)
+    add_serve_arguments(v)
+    v.set_defaults(func=cmd_serve, _parser=v)
 
     try:
         from .experiments.cli import add_parsers as add_experiment_parsers
@@ -661,6 +696,52 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print(json.dumps(summary.as_dict(), indent=2))
     else:
         print(summary)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .serve.export import ExportError, check_target, checkpoint_info, export_model
+    from .train.checkpoint import load_checkpoint
+    if args.keep < 1:
+        raise CommandError(f'--keep: expected a positive integer, got {args.keep}', 2)
+    try:  # before the model is loaded: refuse early
+        check_target(args.output, args.overwrite)
+    except FileExistsError as e:
+        raise CommandError(f'{e}'.replace('pass overwrite=True (--overwrite)',
+                                          'use --overwrite'), 1) from None
+    except ExportError as e:
+        raise CommandError(str(e), 1) from None
+    model, data, config = _load(args)
+    path = _checkpoint_path(args.checkpoint)
+    state = load_checkpoint(path, trusted=bool(args.trust_checkpoint))
+    state.pop('model', None)
+    spec = dict(state.get('data') or config.to_dict()['data'])
+    if args.short_root:
+        spec['root'] = str(Path(args.short_root).resolve())
+    try:
+        out = export_model(model, data, args.output, config=config,
+                           checkpoint=checkpoint_info(path, state), data_spec=spec,
+                           id_maps=None if args.no_id_maps else 'auto',
+                           overwrite=args.overwrite, keep=args.keep)
+    except FileExistsError as e:
+        raise CommandError(f'{e}'.replace('pass overwrite=True (--overwrite)',
+                                          'use --overwrite'), 1) from None
+    except ExportError as e:
+        raise CommandError(str(e), 1) from None
+    print(f'exported {type(model).name} ({model.num_users} users, {model.num_items} '
+          f'items) to {out}; serve with: mambarec serve {args.output}')
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve.config import from_arguments
+    from .serve.export import ExportError
+    config = from_arguments(args)
+    try:
+        from .serve.app import run_server
+        run_server(args.export_dir, config)
+    except (ExportError, ImportError) as e:
+        raise CommandError(str(e), 1) from None
     return 0
 
 
