@@ -94,6 +94,7 @@ from ..data.sampling import BPRBatch
 from ..data.transforms import ItemKNN, UserItemNorm
 from ..nn.conv import LightGCNPropagation, WeightedPropagation
 from ..nn.losses import bpr_loss
+from ..nn.pruning import degree_sensitive_sample, num_kept_edges, pruned_adjacency
 from .base import Recommender, SparseGraphs, user_item_matrices
 from .registry import register
 
@@ -230,29 +231,20 @@ class FREEDOM(Recommender):
     @property
     def num_kept_edges(self) -> int:
         """:math:`\\lfloor |E| (1 - p) \\rfloor` (computed like MMRec, at least 1)."""
-        return max(1, int(self.edge_weight.numel() * (1.0 - self.config.dropout)))
+        return num_kept_edges(self.edge_weight.numel(), self.config.dropout)
 
     def sample_edges(self, generator: Optional[torch.Generator] = None) -> Tensor:
         """Ids (into :attr:`edge_user` / :attr:`edge_item`) of the kept edges, drawn
         without replacement with probability proportional to
         :math:`1/\\sqrt{d_u d_i}`, in ascending order."""
-        keep = torch.multinomial(self.edge_weight, self.num_kept_edges,
-                                 replacement=False, generator=generator)
-        return keep.sort().values
+        return degree_sensitive_sample(self.edge_weight, self.num_kept_edges, generator)
 
     def pruned_adjacency(self, keep: Tensor) -> Tensor:
         """The re-normalised, mirrored ``[U+N, U+N]`` CSR adjacency of the kept
         edges ``keep``."""
-        user, item = self.edge_user[keep], self.edge_item[keep]
-        deg_user = torch.bincount(user, minlength=self.num_users).double() + _DEGREE_EPS
-        deg_item = torch.bincount(item, minlength=self.num_items).double() + _DEGREE_EPS
-        value = deg_user[user].rsqrt() * deg_item[item].rsqrt()
-        item_node = item + self.num_users
-        n = self.num_users + self.num_items
-        edge_index = torch.stack([torch.cat([item_node, user]),
-                                  torch.cat([user, item_node])])
-        return sparse_from_edges(edge_index, torch.cat([value, value]), (n, n),
-                                 dtype=self.user_embedding.weight.dtype, layout='csr')
+        return pruned_adjacency(self.edge_user[keep], self.edge_item[keep],
+                                self.num_users, self.num_items, _DEGREE_EPS,
+                                self.user_embedding.weight.dtype)
 
     def on_epoch_start(self, epoch: int) -> None:
         """Prune the user-item graph for this epoch (the generator's seed is drawn
