@@ -27,6 +27,7 @@ from .mgcn import MGCN, MGCNConfig  # noqa: E402
 from .layergcn import LayerGCN, LayerGCNConfig  # noqa: E402
 from .selfcf import SelfCF, SelfCFConfig  # noqa: E402
 from .dualgnn import DualGNN, DualGNNConfig  # noqa: E402
+from .dragon import DRAGON, DRAGONConfig  # noqa: E402
 from .mambarec import MambaRec, MambaRecConfig, MambaRecOutput  # noqa: E402
 
 __all__ = ['Recommender', 'register', 'get_model_class', 'get_config_class',
@@ -34,4 +35,4 @@ __all__ = ['Recommender', 'register', 'get_model_class', 'get_config_class',
            'MambaRecOutput', 'Popularity', 'PopularityConfig', 'BPR', 'BPRConfig',
            'LightGCN', 'LightGCNConfig', 'MGCN', 'MGCNConfig', 'LayerGCN',
            'LayerGCNConfig', 'SelfCF', 'SelfCFConfig',
-           'DualGNN', 'DualGNNConfig']
+           'DualGNN', 'DualGNNConfig', 'DRAGON', 'DRAGONConfig']

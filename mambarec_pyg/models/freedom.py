@@ -98,7 +98,7 @@ from ..nn.pruning import degree_sensitive_sample, num_kept_edges, pruned_adjacen
 from .base import Recommender, SparseGraphs, user_item_matrices
 from .registry import register
 
-__all__ = ['FREEDOM', 'FREEDOMConfig', 'modality_weights']
+__all__ = ['FREEDOM', 'FREEDOMConfig', 'modality_weights', 'mixed_item_graph']
 
 #: MMRec's degree epsilon of the re-normalised pruned graph.
 _DEGREE_EPS = 1e-7
@@ -159,6 +159,25 @@ def modality_weights(modalities, image_weight: float) -> Dict[str, float]:
     return {m: image_weight if m == 'image' else rest for m in modalities}
 
 
+def mixed_item_graph(data, modalities, knn_k: int, image_weight: float,
+                     dtype: Optional[torch.dtype] = None) -> Tensor:
+    r""":math:`\mathbf{S} = \sum_m \alpha_m \mathbf{S}_m` as one CSR matrix (rows
+    are targets): the sparse sum of the binary kNN graphs of ``data``
+    (:class:`~mambarec_pyg.data.transforms.ItemKNN` with ``weighting='binary'``,
+    ``k = knn_k``) with the weights of :func:`modality_weights` (FREEDOM's and
+    DRAGON's frozen item-item graph)."""
+    knn = ItemKNN(knn_k, 'binary')
+    weights = modality_weights(modalities, image_weight)
+    edges, values = [], []
+    for m in modalities:
+        store = data[knn.edge_type(m)]
+        edges.append(store.edge_index.cpu())
+        values.append(weights[m] * store.edge_weight.cpu().double())
+    n = int(data['item'].num_nodes)
+    return sparse_from_edges(torch.cat(edges, dim=1), torch.cat(values), (n, n),
+                             dtype=dtype or torch.get_default_dtype(), layout='csr')
+
+
 @register('freedom')
 class FREEDOM(Recommender):
     """FREEDOM: a frozen item-item graph and a degree-pruned user-item graph (see the
@@ -206,18 +225,8 @@ class FREEDOM(Recommender):
             self.to(device)
 
     def _mixed_item_graph(self, data, dtype: torch.dtype) -> Tensor:
-        """:math:`\\mathbf{S} = \\sum_m \\alpha_m \\mathbf{S}_m` as one CSR matrix
-        (rows are targets), a sparse sum of the data's kNN graphs."""
-        knn = ItemKNN(self.config.knn_k, 'binary')
-        weights = modality_weights(self.modalities, self.config.mm_image_weight)
-        edges, values = [], []
-        for m in self.modalities:
-            store = data[knn.edge_type(m)]
-            edges.append(store.edge_index.cpu())
-            values.append(weights[m] * store.edge_weight.cpu().double())
-        n = self.num_items
-        return sparse_from_edges(torch.cat(edges, dim=1), torch.cat(values), (n, n),
-                                 dtype=dtype, layout='csr')
+        return mixed_item_graph(data, self.modalities, self.config.knn_k,
+                                self.config.mm_image_weight, dtype)
 
     def reset_parameters(self) -> None:
         """Xavier-uniform ID embeddings, PyTorch's default for the projections (the
