@@ -1,7 +1,9 @@
 """Helpers shared by test files: a small matrix-factorisation model registered from
 the tests, as a user would register their own model; random BPR batches, item-feature
-variants of a dataset and float64 construction for the per-model formula tests; and
-the "beats most-popular through the CLI" learning check."""
+variants of a dataset and float64 construction for the per-model formula tests;
+plain computations several model tests share (the user co-occurrence graph from a
+naive loop, DualGNN's and DRAGON's modality networks and loss); and the "beats
+most-popular through the CLI" learning check."""
 from __future__ import annotations
 
 import contextlib
