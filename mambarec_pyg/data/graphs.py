@@ -46,7 +46,7 @@ from .errors import DataError
 
 __all__ = ['normalized_adjacency', 'item_item_graph', 'UserItemGraph', 'to_sparse',
            'knn_edges', 'user_item_weights', 'sparse_from_edges',
-           'user_cooccurrence_edges', 'LAYOUTS', 'WEIGHTINGS']
+           'user_cooccurrence_edges', 'knn_neighbours', 'LAYOUTS', 'WEIGHTINGS']
 
 #: Sparse layouts the builders can return.
 LAYOUTS = ('auto', 'csr', 'coo', 'sparse_tensor')
@@ -304,10 +304,16 @@ def item_item_graph(features: Tensor, k: int = 10, *, weighting: str = 'similari
                      (num_items, num_items), layout)
 
 
-def _knn_sym_normalized(features: Tensor, k: int, chunk_size: Optional[int],
-                        weighting: str = 'similarity'):
-    """COO triplets (sorted by row, then column) of the normalised kNN graph; values
-    in float64."""
+def knn_neighbours(features: Tensor, k: int, chunk_size: Optional[int] = None
+                   ) -> Tuple[Tensor, Tensor, Tensor]:
+    r"""Each row's ``k`` most cosine-similar rows (itself included), without
+    gradient: ``(row [N k], col [N k], similarity [N k])`` sorted by row, then
+    column.
+
+    Similarities are computed ``chunk_size`` rows at a time (default: about 8M
+    entries a block), so no :math:`N \times N` matrix is held; an all-zero row has
+    similarity 0 to every row; ties are broken by the lower column.
+    """
     x = features.detach()
     n = x.size(0)
     norm = x.norm(dim=1, keepdim=True)
@@ -322,11 +328,19 @@ def _knn_sym_normalized(features: Tensor, k: int, chunk_size: Optional[int],
         col, val = _topk_lowest_index(sim, k)
         cols.append(col)
         vals.append(val)
-    col = torch.cat(cols)
-    weight = torch.cat(vals).double()
+    row = torch.arange(n, device=x.device).repeat_interleave(k)
+    return row, torch.cat(cols), torch.cat(vals)
+
+
+def _knn_sym_normalized(features: Tensor, k: int, chunk_size: Optional[int],
+                        weighting: str = 'similarity'):
+    """COO triplets (sorted by row, then column) of the normalised kNN graph; values
+    in float64."""
+    n = features.size(0)
+    row, col, sim = knn_neighbours(features, k, chunk_size)
+    weight = sim.double()
     if weighting == 'binary':
         weight = torch.ones_like(weight)
-    row = torch.arange(n, device=x.device).repeat_interleave(k)
     deg = weight.view(n, k).sum(dim=1)
     inv = _inv_sqrt(deg)
     value = inv[row] * weight * inv[col]
@@ -335,7 +349,26 @@ def _knn_sym_normalized(features: Tensor, k: int, chunk_size: Optional[int],
 
 def _topk_lowest_index(sim: Tensor, k: int):
     """Per row, the columns of the ``k`` largest entries (ties: lower column first),
-    returned sorted by column, with their values. Entries greater than the k-th
+    returned sorted by column, with their values.
+
+    :func:`torch.topk` picks the right set wherever no entry outside it equals the
+    k-th largest value; only rows with such a tie at the boundary go through the
+    exact rule of :func:`_topk_lowest_index_plain` (same result, tested)."""
+    top = sim.topk(k, dim=1)
+    kth = top.values[:, -1:]
+    tied = (sim == kth).sum(dim=1) > (top.values == kth).sum(dim=1)
+    cols = top.indices
+    if bool(tied.any()):
+        rows = tied.nonzero().view(-1)
+        tie_cols, _ = _topk_lowest_index_plain(sim[rows], k)
+        cols = cols.clone()
+        cols[rows] = tie_cols.view(-1, k)
+    cols = cols.sort(dim=1).values
+    return cols.reshape(-1), sim.gather(1, cols).reshape(-1)
+
+
+def _topk_lowest_index_plain(sim: Tensor, k: int):
+    """:func:`_topk_lowest_index` by the rule itself: entries greater than the k-th
     largest value are all kept; of those equal to it, the lowest columns fill up."""
     kth = sim.topk(k, dim=1).values[:, -1:]
     greater = sim > kth
