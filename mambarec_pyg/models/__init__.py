@@ -24,6 +24,7 @@ from .bm3 import BM3, BM3Config  # noqa: E402
 from .mmgcn import MMGCN, MMGCNConfig  # noqa: E402
 from .grcn import GRCN, GRCNConfig  # noqa: E402
 from .mgcn import MGCN, MGCNConfig  # noqa: E402
+from .lattice import LATTICE, LATTICEConfig  # noqa: E402
 from .layergcn import LayerGCN, LayerGCNConfig  # noqa: E402
 from .selfcf import SelfCF, SelfCFConfig  # noqa: E402
 from .dualgnn import DualGNN, DualGNNConfig  # noqa: E402
@@ -35,4 +36,5 @@ __all__ = ['Recommender', 'register', 'get_model_class', 'get_config_class',
            'MambaRecOutput', 'Popularity', 'PopularityConfig', 'BPR', 'BPRConfig',
            'LightGCN', 'LightGCNConfig', 'MGCN', 'MGCNConfig', 'LayerGCN',
            'LayerGCNConfig', 'SelfCF', 'SelfCFConfig',
-           'DualGNN', 'DualGNNConfig', 'DRAGON', 'DRAGONConfig']
+           'DualGNN', 'DualGNNConfig', 'DRAGON', 'DRAGONConfig',
+           'LATTICE', 'LATTICEConfig']
