@@ -25,6 +25,7 @@ from .mmgcn import MMGCN, MMGCNConfig  # noqa: E402
 from .grcn import GRCN, GRCNConfig  # noqa: E402
 from .mgcn import MGCN, MGCNConfig  # noqa: E402
 from .lattice import LATTICE, LATTICEConfig  # noqa: E402
+from .mvgae import MVGAE, MVGAEConfig  # noqa: E402
 from .layergcn import LayerGCN, LayerGCNConfig  # noqa: E402
 from .selfcf import SelfCF, SelfCFConfig  # noqa: E402
 from .dualgnn import DualGNN, DualGNNConfig  # noqa: E402
@@ -37,4 +38,4 @@ __all__ = ['Recommender', 'register', 'get_model_class', 'get_config_class',
            'LightGCN', 'LightGCNConfig', 'MGCN', 'MGCNConfig', 'LayerGCN',
            'LayerGCNConfig', 'SelfCF', 'SelfCFConfig',
            'DualGNN', 'DualGNNConfig', 'DRAGON', 'DRAGONConfig',
-           'LATTICE', 'LATTICEConfig']
+           'LATTICE', 'LATTICEConfig', 'MVGAE', 'MVGAEConfig']
