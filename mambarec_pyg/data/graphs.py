@@ -304,27 +304,34 @@ def item_item_graph(features: Tensor, k: int = 10, *, weighting: str = 'similari
                      (num_items, num_items), layout)
 
 
-def knn_neighbours(features: Tensor, k: int, chunk_size: Optional[int] = None
-                   ) -> Tuple[Tensor, Tensor, Tensor]:
-    r"""Each row's ``k`` most cosine-similar rows (itself included), without
-    gradient: ``(row [N k], col [N k], similarity [N k])`` sorted by row, then
-    column.
+def knn_neighbours(features: Tensor, k: int, chunk_size: Optional[int] = None,
+                   shrink: float = 0.0) -> Tuple[Tensor, Tensor, Tensor]:
+    r"""Each row's ``k`` most similar rows (itself included), without gradient:
+    ``(row [N k], col [N k], similarity [N k])`` sorted by row, then column.
 
-    Similarities are computed ``chunk_size`` rows at a time (default: about 8M
-    entries a block), so no :math:`N \times N` matrix is held; an all-zero row has
-    similarity 0 to every row; ties are broken by the lower column.
+    The similarity is the cosine :math:`\frac{x_i^\top x_j}{\|x_i\| \|x_j\|}`, or
+    with ``shrink`` :math:`s > 0` the shrunk cosine :math:`\frac{x_i^\top x_j}
+    {\|x_i\| \|x_j\| + s}` (content-based item kNN). It is computed ``chunk_size``
+    rows at a time (default: about 8M entries a block), so no :math:`N \times N`
+    matrix is held; an all-zero row has similarity 0 to every row; ties are broken
+    by the lower column.
     """
     x = features.detach()
     n = x.size(0)
     norm = x.norm(dim=1, keepdim=True)
-    # Zero rows stay zero: similarity 0 to everything instead of 0/0.
-    xn = torch.where(norm > 0, x / norm.clamp(min=torch.finfo(x.dtype).tiny),
-                     torch.zeros_like(x))
+    if shrink:
+        xn = x
+    else:
+        # Zero rows stay zero: similarity 0 to everything instead of 0/0.
+        xn = torch.where(norm > 0, x / norm.clamp(min=torch.finfo(x.dtype).tiny),
+                         torch.zeros_like(x))
     if chunk_size is None:
         chunk_size = max(1, min(n, (1 << 23) // max(n, 1)))
     cols, vals = [], []
     for start in range(0, n, chunk_size):
         sim = xn[start:start + chunk_size] @ xn.t()
+        if shrink:
+            sim = sim / (norm[start:start + chunk_size] * norm.t() + shrink)
         col, val = _topk_lowest_index(sim, k)
         cols.append(col)
         vals.append(val)

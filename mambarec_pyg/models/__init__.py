@@ -27,6 +27,7 @@ from .mgcn import MGCN, MGCNConfig  # noqa: E402
 from .lattice import LATTICE, LATTICEConfig  # noqa: E402
 from .mvgae import MVGAE, MVGAEConfig  # noqa: E402
 from .layergcn import LayerGCN, LayerGCNConfig  # noqa: E402
+from .itemknncbf import ItemKNNCBF, ItemKNNCBFConfig  # noqa: E402
 from .selfcf import SelfCF, SelfCFConfig  # noqa: E402
 from .dualgnn import DualGNN, DualGNNConfig  # noqa: E402
 from .dragon import DRAGON, DRAGONConfig  # noqa: E402
@@ -38,4 +39,5 @@ __all__ = ['Recommender', 'register', 'get_model_class', 'get_config_class',
            'LightGCN', 'LightGCNConfig', 'MGCN', 'MGCNConfig', 'LayerGCN',
            'LayerGCNConfig', 'SelfCF', 'SelfCFConfig',
            'DualGNN', 'DualGNNConfig', 'DRAGON', 'DRAGONConfig',
-           'LATTICE', 'LATTICEConfig', 'MVGAE', 'MVGAEConfig']
+           'LATTICE', 'LATTICEConfig', 'MVGAE', 'MVGAEConfig',
+           'ItemKNNCBF', 'ItemKNNCBFConfig']

@@ -36,3 +36,16 @@ def test_knn_neighbours_matches_numpy():
         np.testing.assert_allclose(sim[4 * i:4 * i + 4].numpy(), S[i, want],
                                    rtol=1e-12, atol=1e-15)
     assert col[20:24].tolist() == [0, 1, 2, 3]  # the zero row: ties, lowest ids
+
+
+def test_shrunk_similarity_matches_numpy():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(30, 5, generator=g, dtype=torch.float64)
+    row, col, sim = knn_neighbours(x, 3, chunk_size=4, shrink=2.5)
+    n = np.linalg.norm(x.numpy(), axis=1)
+    S = (x.numpy() @ x.numpy().T) / (n[:, None] * n[None, :] + 2.5)
+    for i in range(30):
+        want = np.sort(np.argsort(-S[i], kind='stable')[:3])
+        assert col[3 * i:3 * i + 3].tolist() == want.tolist()
+        np.testing.assert_allclose(sim[3 * i:3 * i + 3].numpy(), S[i, want],
+                                   rtol=1e-12)
