@@ -166,6 +166,11 @@ class ItemGraph:
     def detach(self) -> 'ItemGraph':
         return ItemGraph(self.edge_index, self.weight.detach(), self.num_items)
 
+    def __deepcopy__(self, memo) -> 'ItemGraph':
+        # (CSR tensors have no storage for the generic deepcopy: rebuild them)
+        return ItemGraph(self.edge_index.clone(), self.weight.detach().clone(),
+                         self.num_items)
+
 
 @register('lattice')
 class LATTICE(Recommender):
