@@ -95,7 +95,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Dict, List, Optional, Tuple
+from typing import ClassVar, Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -237,7 +237,8 @@ class CooccurrenceRecommender(Recommender):
         if not self.config.pad_user_neighbours:
             return None
         seed = int(torch.randint(0, 2**62, (1, )).item())
-        generator = torch.Generator(device=self.neighbour_index.device).manual_seed(seed)
+        device = self.neighbour_index.device
+        generator = torch.Generator(device=device).manual_seed(seed)
         index, count = pad_neighbours(self.neighbour_index, self.neighbour_count,
                                       self.neighbour_length, generator)
         self.graphs.set('user_graph_padded', user_graph_matrix(

@@ -17,7 +17,8 @@ similar items :math:`j` (itself included; ties: the lower id) with weight
 sums the weights from the user's training items,
 
 .. math::
-    \hat y_{uj} = \sum_{i \in \mathcal{I}_u} \mathbf{W}_{ij} = (\mathbf{R}\mathbf{W})_{uj},
+    \hat y_{uj} = \sum_{i \in \mathcal{I}_u} \mathbf{W}_{ij}
+    = (\mathbf{R}\mathbf{W})_{uj},
 
 with :math:`\mathbf{R}` the binary training interactions. The trainer evaluates the
 model once (no parameters).

@@ -128,7 +128,8 @@ class LATTICEConfig(ModelConfig):
     n_ui_layers: int = 2
     #: neighbours per item in the frozen and the learned kNN graphs (itself included).
     knn_k: int = 10
-    #: weight lambda of the frozen graphs in G = (1 - lambda) L + lambda sum alpha_m S_m.
+    #: weight lambda of the frozen graphs in
+    #: G = (1 - lambda) L + lambda sum_m alpha_m S_m.
     lambda_coeff: float = 0.9
     #: weight of the L2 penalty on the batch's final embeddings (over the configured
     #: batch size; grid [0.0, 1e-5, 1e-4, 1e-3]).

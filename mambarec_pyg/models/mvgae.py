@@ -46,10 +46,11 @@ nodes. **Score**: :math:`\hat y_{ui} = \boldsymbol{\mu}_u^\top\boldsymbol{\mu}_i
 (with ``sigmoid_embeddings``: :math:`\sigma(\boldsymbol{\mu}_u)^\top
 \sigma(\boldsymbol{\mu}_i)`).
 
-**Loss.** In training :math:`\mathbf{z} = \boldsymbol{\mu} + 0.1\,\boldsymbol{\epsilon}
-\odot \exp(\frac{1}{2}\min(\log\boldsymbol{\sigma}^2, 10))`, :math:`\boldsymbol{\epsilon}
-\sim \mathcal{N}(0, \mathbf{I})`, for the joint posterior and for every expert. With
-the decoder :math:`s(\mathbf{z}, a, b) = \sigma(\mathbf{z}_a^\top\mathbf{z}_b)`
+**Loss.** In training :math:`\mathbf{z} = \boldsymbol{\mu} +
+0.1\,\boldsymbol{\epsilon} \odot \exp(\frac{1}{2}\min(\log\boldsymbol{\sigma}^2,
+10))`, :math:`\boldsymbol{\epsilon} \sim \mathcal{N}(0, \mathbf{I})`, for the joint
+posterior and for every expert. With the decoder
+:math:`s(\mathbf{z}, a, b) = \sigma(\mathbf{z}_a^\top\mathbf{z}_b)`
 (:math:`\sigma(\mathbf{z})` in place of :math:`\mathbf{z}` with
 ``sigmoid_embeddings``),
 

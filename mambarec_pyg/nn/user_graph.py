@@ -111,7 +111,8 @@ def user_graph_matrix(index: Tensor, count: Tensor, num_users: int,
     top = logits.amax(dim=1, keepdim=True).clamp(min=0.0)  # finite for empty rows
     weight = torch.exp(logits - top)
     weight = weight / weight.sum(dim=1, keepdim=True).clamp(min=1e-300)
-    users = torch.arange(index.size(0), device=index.device).view(-1, 1).expand_as(index)
+    users = torch.arange(index.size(0), device=index.device).view(-1, 1)
+    users = users.expand_as(index)
     edge_index = torch.stack([index[valid], users[valid]])
     return sparse_from_edges(edge_index, weight[valid], (num_users, num_users),
                              dtype=dtype or torch.get_default_dtype(), layout='csr')

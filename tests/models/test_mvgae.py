@@ -55,7 +55,8 @@ def _encoder(enc, F_table, A, training):
     L = enc.num_layers
     for k in range(L):
         x = F.leaky_relu(lin(enc.gates[k], F.leaky_relu(conv(k, x))))
-    mu = lin(enc.gates[L], F.leaky_relu(conv(L, x))) + F.leaky_relu(lin(enc.linear_mu, x))
+    mu = lin(enc.gates[L], F.leaky_relu(conv(L, x))) + \
+        F.leaky_relu(lin(enc.linear_mu, x))
     lv = lin(enc.gates[L + 1], F.leaky_relu(conv(L + 1, x))) + \
         F.leaky_relu(lin(enc.linear_logvar, x))
     return mu, lv
