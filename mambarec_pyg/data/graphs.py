@@ -20,7 +20,7 @@ graphs on the data, where the models find them; they are also usable on their ow
 * :func:`sparse_from_edges` -- a sparse matrix (rows are targets) from an edge list;
 * :func:`user_cooccurrence_edges` -- each user's top-:math:`k` co-occurring users in
   the training interactions, with their counts (the user-user graph of
-  `"DualGNN" <https://doi.org/10.1109/TMM.2021.3138298>`_ and
+  DualGNN (Wang et al., IEEE TMM 2021) and
   `"DRAGON" <https://arxiv.org/abs/2301.12097>`_).
 
 Both return sparse matrices ready for :func:`torch_geometric.utils.spmm`: a

@@ -1,6 +1,5 @@
-r"""DualGNN (`"DualGNN: Dual Graph Neural Network for Multimedia Recommendation"
-<https://doi.org/10.1109/TMM.2021.3138298>`_, Wang et al., IEEE TMM 2021), as MMRec
-computes it (``src/models/dualgnn.py``, ``src/configs/model/DualGNN.yaml``), and the
+r"""DualGNN ("DualGNN: Dual Graph Neural Network for Multimedia Recommendation", Wang
+et al., IEEE TMM 2021), as MMRec computes it (``src/models/dualgnn.py``, ``src/configs/model/DualGNN.yaml``), and the
 parts DRAGON shares with it (:class:`ModalityGCN`, :class:`CooccurrenceRecommender`).
 
 **Per-modality graph network** (:class:`ModalityGCN`, MMRec's ``GCN``). For modality

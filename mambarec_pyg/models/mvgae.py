@@ -1,6 +1,5 @@
-r"""MVGAE (`"Multi-Modal Variational Graph Auto-Encoder for Recommendation Systems"
-<https://doi.org/10.1109/TMM.2021.3111487>`_, Yi & Chen, IEEE TMM 2021), as MMRec
-computes it (``src/models/mvgae.py``, ``src/configs/model/MVGAE.yaml``).
+r"""MVGAE ("Multi-Modal Variational Graph Auto-Encoder for Recommendation Systems", Yi
+& Chen, IEEE TMM 2021), as MMRec computes it (``src/models/mvgae.py``, ``src/configs/model/MVGAE.yaml``).
 
 **Encoders.** One variational graph encoder per modality :math:`m` and one for the
 collaborative signal :math:`c`, each on its own item table :math:`\mathbf{F}`: the

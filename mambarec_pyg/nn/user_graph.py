@@ -1,6 +1,6 @@
 r"""The user co-occurrence aggregation of DualGNN and DRAGON
-(`"DualGNN: Dual Graph Neural Network for Multimedia Recommendation"
-<https://doi.org/10.1109/TMM.2021.3138298>`_, Wang et al., IEEE TMM 2021;
+("DualGNN: Dual Graph Neural Network for Multimedia Recommendation", Wang et al.,
+IEEE TMM 2021;
 `"Enhancing Dyadic Relations with Homogeneous Graphs for Multimodal Recommendation"
 <https://arxiv.org/abs/2301.12097>`_, Zhou et al., ECAI 2023).
 
