@@ -1,6 +1,7 @@
 r"""DualGNN ("DualGNN: Dual Graph Neural Network for Multimedia Recommendation", Wang
 et al., IEEE TMM 2021), as MMRec computes it (``src/models/dualgnn.py``,
-``src/configs/model/DualGNN.yaml``), and the parts DRAGON shares with it (:class:`ModalityGCN`, :class:`CooccurrenceRecommender`).
+``src/configs/model/DualGNN.yaml``), and the parts DRAGON shares with it
+(:class:`ModalityGCN`, :class:`CooccurrenceRecommender`).
 
 **Per-modality graph network** (:class:`ModalityGCN`, MMRec's ``GCN``). For modality
 :math:`m` with the frozen raw features :math:`\mathbf{X}_m`, trainable user

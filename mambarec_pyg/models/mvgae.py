@@ -1,5 +1,6 @@
 r"""MVGAE ("Multi-Modal Variational Graph Auto-Encoder for Recommendation Systems", Yi
-& Chen, IEEE TMM 2021), as MMRec computes it (``src/models/mvgae.py``, ``src/configs/model/MVGAE.yaml``).
+& Chen, IEEE TMM 2021), as MMRec computes it (``src/models/mvgae.py``,
+``src/configs/model/MVGAE.yaml``).
 
 **Encoders.** One variational graph encoder per modality :math:`m` and one for the
 collaborative signal :math:`c`, each on its own item table :math:`\mathbf{F}`: the
