@@ -33,9 +33,11 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import errno
 import io
 import json
 import math
+import os
 import sys
 import typing
 from pathlib import Path
@@ -401,9 +403,14 @@ def _config(args: argparse.Namespace, require_data: bool = True) -> Config:
         base.setdefault(section, {})[name] = list(value) if isinstance(value,
                                                                        tuple) else value
     try:
-        return Config.from_dict(base)
+        config = Config.from_dict(base)
     except ConfigError as e:
         raise ConfigError(f'{where}: {e}' if where else str(e)) from None
+    # the options are read: a ConfigError from here on is about the run (data
+    # without a validation split, a resume with other settings), not the command
+    # line, so no usage line goes with it
+    args._options_read = True
+    return config
 
 
 def _default_name(config: Config) -> str:
@@ -565,7 +572,7 @@ def _user_ids(args: argparse.Namespace) -> List[int]:
         if not path.is_file():
             raise CommandError(f'{path}: users file not found')
         try:
-            text = path.read_text()
+            text = path.read_text(encoding='utf-8-sig')  # a BOM, as .inter allows
         except UnicodeDecodeError:
             raise CommandError(f'{path}: not a text file of user ids', 2) from None
         source = str(path)
@@ -706,25 +713,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _main(argv: List[str]) -> int:
-    from .config import ConfigError as _ConfigError
     try:
         parser = build_parser(_model_name(argv))
-    except _ConfigError as e:  # an unknown --model.name
+    except ConfigError as e:  # an unknown --model.name
         print(f'mambarec: error: {e}', file=sys.stderr)
         return 2
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse: --help (0) or a usage error (2)
         return int(e.code or 0)
-    from .data.errors import DataError
-    from .data.sampling import NegativeSamplingError
-    from .train.checkpoint import CheckpointError
-    from .train.rundir import RunDirectoryBusy
-    from .train.trainer import TrainingDivergedError
+    from . import errors  # the package's own error base (not a model's name)
     try:
         return args.func(args)
     except ConfigError as e:
-        args._parser.print_usage(sys.stderr)
+        if not getattr(args, '_options_read', False):
+            args._parser.print_usage(sys.stderr)
         print(f'mambarec {args.command}: error: {e}', file=sys.stderr)
         return 2
     except CommandError as e:
@@ -732,11 +735,29 @@ def _main(argv: List[str]) -> int:
             args._parser.print_usage(sys.stderr)
         print(f'mambarec {args.command}: error: {e}', file=sys.stderr)
         return e.code
-    except (DataError, NegativeSamplingError, TrainingDivergedError, CheckpointError,
-            RunDirectoryBusy, FileNotFoundError, PermissionError, ValueError,
+    except (errors.MambaRecError, FileNotFoundError, PermissionError, ValueError,
             OSError) as e:
-        print(f'mambarec {args.command}: error: {e}', file=sys.stderr)
+        message = _os_error_message(e) if isinstance(e, OSError) else str(e)
+        print(f'mambarec {args.command}: error: {message}', file=sys.stderr)
         return 1
+
+
+def _os_error_message(e: OSError) -> str:
+    """``e`` as a sentence; for a directory that cannot be created because a path on
+    the way is a file (``[Errno 17] File exists`` or ``[Errno 20] Not a
+    directory``), which path that is and why."""
+    if e.errno in (errno.EEXIST, errno.ENOTDIR) and e.filename:
+        wanted = Path(os.fsdecode(e.filename))
+        for path in (wanted, *wanted.parents):
+            if path.is_dir():
+                break
+            if path.exists() or path.is_symlink():
+                what = ('is a file, not a directory' if path.is_file() else
+                        'is a broken symbolic link' if not path.exists() else
+                        'is not a directory')
+                return (f"cannot create the directory '{wanted}': '{path}' {what} "
+                        f'(remove or rename it, or choose another path)')
+    return str(e)
 
 
 if __name__ == '__main__':  # pragma: no cover

@@ -13,7 +13,11 @@ dataclass, with a few verbs in PyG's idiom (compare
   ``'total'`` (what is backpropagated); the trainer logs every part it returns.
 * :meth:`Recommender.on_epoch_start` -- a hook before each training epoch (a warm-up,
   FREEDOM's edge pruning); it may return values to log for the epoch.
-* :meth:`Recommender.score`, :meth:`Recommender.recommend` -- serving.
+* :meth:`Recommender.score`, :meth:`Recommender.recommend` -- serving. Serving
+  calls compute in eval mode without changing the module (not even its mode, see
+  :func:`~mambarec_pyg.utils.eval_view`), so several threads may serve from one
+  model at once, also while it is in training mode; they must not run while it is
+  being trained.
 
 Class attributes say what the model needs: :attr:`~Recommender.min_modalities`
 (item feature tables), :meth:`~Recommender.graph_transforms` (the graphs it
@@ -36,6 +40,7 @@ from ..data.sampling import BPRBatch
 from ..data.graphs import normalized_adjacency, sparse_from_edges
 from ..data.transforms import GraphTransform, apply_transforms
 from ..ranking import rank_items
+from ..utils import eval_view
 
 __all__ = ['Recommender', 'check_data', 'SparseGraphs', 'user_item_matrices',
            'edge_matrix', 'as_csr']
@@ -281,13 +286,10 @@ class Recommender(torch.nn.Module):
     # -- serving -------------------------------------------------------------------------
     @torch.no_grad()
     def eval_embeddings(self) -> Tuple[Tensor, Tensor]:
-        """:meth:`embed` in eval mode (the previous mode restored), without grad."""
-        was_training = self.training
-        self.eval()
-        try:
-            return self.embed()
-        finally:
-            self.train(was_training)
+        """:meth:`embed` in eval mode, without grad, leaving the module as it is:
+        computed on an eval-mode view (:func:`~mambarec_pyg.utils.eval_view`), so
+        the model's own mode is never flipped and concurrent calls are safe."""
+        return eval_view(self).embed()
 
     def _ids(self, ids, n: int, what: str) -> Tensor:
         device = self.train_rowptr.device

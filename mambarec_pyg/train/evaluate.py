@@ -38,7 +38,7 @@ from torch_geometric.metrics import (LinkPredMAP, LinkPredMetricCollection,
 
 from ..data.index import UI, training_index
 from ..ranking import ItemLists, score_rows, transpose_items
-from ..utils import cached_on, progress as _progress, resolve_device, \
+from ..utils import cached_on, eval_view, progress as _progress, resolve_device, \
     tensor_fingerprint
 
 __all__ = ['Evaluator', 'evaluate', 'recommend', 'METRICS', 'SPLITS',
@@ -162,17 +162,14 @@ class Evaluator:
         """Metrics of ``model`` on ``split``; its embeddings are computed once.
 
         ``model.embed()`` (or ``model()``) must return ``(user_emb [U, d], item_emb
-        [N, d])``; the model is put in eval mode for the call and its previous mode
-        restored. ``progress`` shows a bar over the user batches; ``per_user`` adds
+        [N, d])``; it is computed in eval mode on a view of the model
+        (:func:`~mambarec_pyg.utils.eval_view`), leaving the model's own mode
+        alone. ``progress`` shows a bar over the user batches; ``per_user`` adds
         :func:`per_user_metrics`-style values under ``'per_user'``.
         """
-        was_training = model.training
-        model.eval()
-        try:
-            embed = getattr(model, 'embed', None)
-            user_emb, item_emb = embed() if callable(embed) else model()
-        finally:
-            model.train(was_training)
+        view = eval_view(model)
+        embed = getattr(view, 'embed', None)
+        user_emb, item_emb = embed() if callable(embed) else view()
         return self.from_embeddings(user_emb, item_emb, split, progress, per_user)
 
     @torch.no_grad()
