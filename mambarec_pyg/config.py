@@ -237,9 +237,10 @@ class TrainConfig:
 # ---------------------------------------------------------------------------------
 # The model configs, by model name
 # ---------------------------------------------------------------------------------
-#: The built-in models in the order of the paper's Table 2 (most-popular first), each
-#: with the module (relative to this package) that defines and registers it. A module
-#: is imported the first time its model's name is asked for.
+#: The built-in models: the paper's Table 2 in its order (most-popular first), then BM3
+#: and the rest of MMRec's zoo, MambaRec last; each with the module (relative to this
+#: package) that defines and registers it. A module is imported the first time its
+#: model's name is asked for.
 BUILTIN_MODELS: Dict[str, str] = {
     'popularity': '.models.popularity',
     'bpr': '.models.bpr',
@@ -252,6 +253,13 @@ BUILTIN_MODELS: Dict[str, str] = {
     'mgcn': '.models.mgcn',
     'lgmrec': '.models.lgmrec',
     'bm3': '.models.bm3',
+    'lattice': '.models.lattice',
+    'dualgnn': '.models.dualgnn',
+    'dragon': '.models.dragon',
+    'mvgae': '.models.mvgae',
+    'layergcn': '.models.layergcn',
+    'selfcf': '.models.selfcf',
+    'itemknncbf': '.models.itemknncbf',
     'mambarec': '.models.mambarec',
 }
 

@@ -23,7 +23,9 @@ from .registry import get_config_class, get_model_class, list_models, register
 _CLASSES = {'popularity': 'Popularity', 'bpr': 'BPR', 'lightgcn': 'LightGCN',
             'vbpr': 'VBPR', 'slmrec': 'SLMRec', 'lgmrec': 'LGMRec', 'freedom': 'FREEDOM',
             'bm3': 'BM3', 'mmgcn': 'MMGCN', 'grcn': 'GRCN', 'mgcn': 'MGCN',
-            'mambarec': 'MambaRec'}
+            'lattice': 'LATTICE', 'dualgnn': 'DualGNN', 'dragon': 'DRAGON',
+            'mvgae': 'MVGAE', 'layergcn': 'LayerGCN', 'selfcf': 'SelfCF',
+            'itemknncbf': 'ItemKNNCBF', 'mambarec': 'MambaRec'}
 _EXPORTS = {name: module for module, cls in _CLASSES.items()
             for name in (cls, f'{cls}Config')}
 _EXPORTS['MambaRecOutput'] = 'mambarec'
@@ -31,7 +33,11 @@ _EXPORTS['MambaRecOutput'] = 'mambarec'
 __all__ = ['Recommender', 'register', 'get_model_class', 'get_config_class',
            'list_models', 'check_data', 'MambaRec', 'MambaRecConfig',
            'MambaRecOutput', 'Popularity', 'PopularityConfig', 'BPR', 'BPRConfig',
-           'LightGCN', 'LightGCNConfig', 'MGCN', 'MGCNConfig']
+           'LightGCN', 'LightGCNConfig', 'MGCN', 'MGCNConfig', 'LayerGCN',
+           'LayerGCNConfig', 'SelfCF', 'SelfCFConfig',
+           'DualGNN', 'DualGNNConfig', 'DRAGON', 'DRAGONConfig',
+           'LATTICE', 'LATTICEConfig', 'MVGAE', 'MVGAEConfig',
+           'ItemKNNCBF', 'ItemKNNCBFConfig']
 
 
 def __getattr__(name: str) -> Any:

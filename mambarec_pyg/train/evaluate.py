@@ -37,7 +37,7 @@ from torch_geometric.metrics import (LinkPredMAP, LinkPredMetricCollection,
                                      LinkPredRecall)
 
 from ..data.index import UI, training_index
-from ..ranking import ItemLists
+from ..ranking import ItemLists, score_rows, transpose_items
 from ..utils import cached_on, eval_view, progress as _progress, resolve_device, \
     tensor_fingerprint
 
@@ -190,13 +190,13 @@ class Evaluator:
         coll.reset()
         n = sp.users.numel()
         k = min(max(self.ks), self.num_items)
-        item_t = item_emb.t().contiguous()
+        item_t = transpose_items(item_emb)
         starts = _progress(range(0, n, self.batch_size), enabled=progress,
                            desc=f'evaluating {split}', unit='batch', leave=False)
         tops = []
         for start in starts:
             end = min(start + self.batch_size, n)
-            scores = user_emb[sp.users[start:end]] @ item_t
+            scores = score_rows(user_emb, item_t, sp.users[start:end])
             rows, cols = sp.train.slice(start, end)
             scores[rows, cols] = float('-inf')
             top = scores.topk(k, dim=1).indices

