@@ -131,6 +131,18 @@ def test_first_nonfinite_matches_a_plain_scan():
     assert first_nonfinite([('half', torch.full((4, ), 6e4, dtype=torch.half))]) is None
 
 
+@pytest.mark.cuda
+def test_first_nonfinite_on_cuda():
+    # the fused kernel on the device: a NaN among many finite tensors is found
+    tensors = {f't{i}': torch.randn(100, 7, device='cuda') for i in range(40)}
+    tensors['t31'][50, 3] = math.nan
+    tensors['t7'] = tensors['t7'].double()
+    found = first_nonfinite(tensors.items())
+    assert (found.name, found.nan, found.inf) == ('t31', 1, 0)
+    tensors['t31'][50, 3] = 0.0
+    assert first_nonfinite(tensors.items()) is None
+
+
 def test_weights_that_overflow_stop_before_the_epoch_is_evaluated(tiny_data, tmp_path):
     out = tmp_path / 'run'
     trainer = _mf_trainer(tiny_data, out,
