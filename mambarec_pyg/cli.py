@@ -229,6 +229,9 @@ def build_parser(model_name: str = DEFAULT_MODEL) -> argparse.ArgumentParser:
     trust = ('read a checkpoint of an older mambarec_pyg version with the '
              'unrestricted unpickler (only for files you made yourself: such a file '
              'can run code when loaded)')
+    changed = ('use data other than those the checkpoint was trained on (its '
+               'recorded data fingerprint differs: interactions, splits, features); '
+               'without it such data are refused. A warning names what changed')
     e = sub.add_parser('evaluate', help='metrics of a checkpoint',
                        description='Evaluate a checkpoint (a run directory means its '
                        'best.pt) on the valid or test split.', allow_abbrev=False)
@@ -239,6 +242,7 @@ def build_parser(model_name: str = DEFAULT_MODEL) -> argparse.ArgumentParser:
     e.add_argument('--data', dest='short_root', metavar='ROOT',
                    help='where the MMRec dataset now lives, if it moved')
     e.add_argument('--trust-checkpoint', action='store_true', help=trust)
+    e.add_argument('--allow-changed-data', action='store_true', help=changed)
     e.add_argument('--quiet', action='store_true')
     e.set_defaults(func=cmd_evaluate, _parser=e)
 
@@ -257,6 +261,7 @@ def build_parser(model_name: str = DEFAULT_MODEL) -> argparse.ArgumentParser:
     r.add_argument('--device', default='auto')
     r.add_argument('--data', dest='short_root', metavar='ROOT')
     r.add_argument('--trust-checkpoint', action='store_true', help=trust)
+    r.add_argument('--allow-changed-data', action='store_true', help=changed)
     r.set_defaults(func=cmd_recommend, _parser=r)
 
     m = sub.add_parser('models', help='the registered models',
@@ -320,6 +325,7 @@ def build_parser(model_name: str = DEFAULT_MODEL) -> argparse.ArgumentParser:
     x.add_argument('--data', dest='short_root', metavar='ROOT',
                    help='where the MMRec dataset now lives, if it moved')
     x.add_argument('--trust-checkpoint', action='store_true', help=trust)
+    x.add_argument('--allow-changed-data', action='store_true', help=changed)
     x.set_defaults(func=cmd_export, _parser=x)
 
     from .serve.config import add_arguments as add_serve_arguments
@@ -564,25 +570,41 @@ def _checkpoint_path(text: str) -> Path:
 
 
 def _load(args: argparse.Namespace):
+    """The model, data and config of ``args.checkpoint``; the warnings about its data
+    (changed, or not checkable) go to stderr as ``warning:`` lines."""
+    import warnings
     from .data.dataset import load_dataset
+    from .data.fingerprint import DataChangedWarning
     from .train.checkpoint import load_checkpoint
     from .train.experiment import load_run
     path = _checkpoint_path(args.checkpoint)
     trusted = bool(getattr(args, 'trust_checkpoint', False))
-    data = None
-    if getattr(args, 'short_root', None):
-        state = load_checkpoint(path, trusted=trusted)
-        spec = dict(state.get('data') or (state.get('config') or {}).get('data') or {})
-        spec['root'] = args.short_root
-        from .config import from_dict
-        data = load_dataset(from_dict(DataConfig, spec))
-    return load_run(path, device=args.device, data=data, trusted=trusted)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always', DataChangedWarning)
+        data = None
+        if getattr(args, 'short_root', None):
+            state = load_checkpoint(path, trusted=trusted)
+            spec = dict(state.get('data') or (state.get('config') or {}).get('data')
+                        or {})
+            spec['root'] = args.short_root
+            from .config import from_dict
+            data = load_dataset(from_dict(DataConfig, spec))
+        loaded = load_run(path, device=args.device, data=data, trusted=trusted,
+                          allow_changed_data=args.allow_changed_data)
+    for w in caught:
+        if issubclass(w.category, DataChangedWarning):
+            print(f'warning: {w.message}', file=sys.stderr)
+        else:  # as they would have been shown
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    return loaded
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .train.evaluate import evaluate
+    from .train.evaluate import check_split, evaluate
     model, data, config = _load(args)
     splits = ('valid', 'test') if args.split == 'both' else (args.split, )
+    for split in splits:  # every split asked for, before any is printed
+        check_split(data, split)
     results = {}
     for split in splits:
         results[split] = evaluate(model, data, split, ks=config.train.topk,

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 __all__ = ['MambaRecError', 'ConfigError', 'DataError', 'NegativeSamplingError',
            'CheckpointError', 'RunDirectoryBusy', 'TrainingDivergedError',
-           'DistributedError']
+           'DistributedError', 'NonFiniteError']
 
 
 class MambaRecError(Exception):
@@ -60,9 +60,15 @@ class RunDirectoryBusy(MambaRecError, RuntimeError):
 
 
 class TrainingDivergedError(MambaRecError, RuntimeError):
-    """The loss became NaN or infinite; the message names the epoch, batch and parts."""
+    """The loss or the weights became NaN or infinite; the message names the epoch and
+    the batch and loss parts, or the first non-finite tensor, and what is on disk."""
 
 
 class DistributedError(MambaRecError, RuntimeError):
     """The distributed launch or a collective failed; the message says which
     variable, process or operation."""
+
+
+class NonFiniteError(MambaRecError, ValueError):
+    """A model's weights or embeddings hold NaN or infinite values (it diverged), so
+    any ranking it gives is arbitrary; the message names the tensor."""

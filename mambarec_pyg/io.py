@@ -4,6 +4,12 @@ Every writer in the library goes through :func:`atomic_path` (one file) or
 :func:`atomic_directory` (a directory of files): each hands out a temporary path next to
 the destination and renames it onto the destination only when the block finishes
 without an exception; otherwise the temporary is removed.
+
+A process killed while it writes (``kill -9``, power loss) cannot remove its temporary:
+the temporary of ``DIR/NAME`` is the hidden file ``DIR/.NAME.XXXXXXXX.tmp``
+(:func:`tempfile.mkstemp`'s random part between the prefix and the suffix), and
+:func:`leftover_temporaries` finds those of one destination by exactly that pattern,
+for a writer that owns the directory to remove.
 """
 from __future__ import annotations
 
@@ -11,12 +17,22 @@ import contextlib
 import json
 import errno
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Iterator, List, Optional, Union
 
 PathLike = Union[str, os.PathLike]
+
+# the temporary of DIR/NAME is DIR/.NAME.<random>.tmp (the random part: mkstemp's
+# letters, digits and underscores)
+_TMP_SUFFIX = '.tmp'
+_RANDOM = re.compile(r'[A-Za-z0-9_]+')
+
+
+def _tmp_prefix(path: Path) -> str:
+    return f'.{path.name}.'
 
 
 @contextlib.contextmanager
@@ -28,8 +44,8 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.',
-                               suffix='.tmp')
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_tmp_prefix(path),
+                               suffix=_TMP_SUFFIX)
     os.close(fd)
     tmp_path = Path(tmp)
     # mkstemp creates owner-only files; give the result the usual permissions.
@@ -42,6 +58,32 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def leftover_temporaries(path: PathLike) -> List[Path]:
+    """The temporaries :func:`atomic_path` made for ``path`` and could not remove (its
+    process was killed while writing): the regular files ``.NAME.XXXXXXXX.tmp`` next
+    to it, in name order. Other files, links and directories never match.
+
+    Only the process that owns the directory should remove them (a writer that is
+    still running has its temporary there too).
+    """
+    path = Path(path)
+    prefix = _tmp_prefix(path)
+    found = []
+    try:
+        entries = list(os.scandir(path.parent))
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        name = entry.name
+        if not (name.startswith(prefix) and name.endswith(_TMP_SUFFIX)):
+            continue
+        if not _RANDOM.fullmatch(name[len(prefix):-len(_TMP_SUFFIX)]):
+            continue
+        if entry.is_file(follow_symlinks=False):
+            found.append(Path(entry.path))
+    return sorted(found)
 
 
 def atomic_write_text(path: PathLike, text: str) -> None:

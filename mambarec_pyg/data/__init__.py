@@ -16,13 +16,16 @@
   directory); :func:`normalized_adjacency`, :func:`item_item_graph` -- the same graphs
   as sparse matrices;
 * :func:`training_index` -- the training pairs indexed once (sampler, graphs,
-  evaluation, ``recommend``); :func:`sample_negatives` -- BPR negatives.
+  evaluation, ``recommend``); :func:`sample_negatives` -- BPR negatives;
+* :func:`data_fingerprint` -- what a checkpoint records about the data it was trained
+  on (:func:`fingerprint_changes` names what differs).
 
 Every dataset has node types ``'user'`` and ``'item'`` and the edge type :data:`UI`.
 """
 from .amazon import prepare_amazon
 from .dataset import data_spec, load_dataset
 from .errors import DataError, DataWarning
+from .fingerprint import DataChangedWarning, data_fingerprint, fingerprint_changes
 from .graphs import item_item_graph, normalized_adjacency
 from .index import UI, TrainingIndex, training_index
 from .mmrec import load_mmrec, split_labels, write_mmrec
@@ -39,5 +42,6 @@ __all__ = sorted([
     'item_item_graph', 'sample_negatives', 'data_spec', 'TrainingIndex',
     'training_index', 'BPRBatch', 'TrainingPairs', 'ItemKNN', 'UserItemNorm',
     'apply_transforms', 'knn_relation', 'UserCooccurrence',
-    'cooccurrence_relation'
+    'cooccurrence_relation', 'data_fingerprint', 'fingerprint_changes',
+    'DataChangedWarning'
 ])

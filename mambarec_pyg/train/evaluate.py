@@ -15,7 +15,9 @@ items are masked (when testing, validation items are *not* masked), the top
     \mathrm{MAP@K} = \frac{\sum_{r \le K} \mathrm{P@r} \cdot \mathrm{rel}_r}
                           {\min(|G_u|, K)},
 
-averaged over the evaluated users. These are exactly PyG's
+averaged over the evaluated users (a split without interactions is an error, not a
+row of zeros; embeddings with NaN or infinite values, which would rank arbitrarily,
+are refused with :class:`~mambarec_pyg.errors.NonFiniteError`). These are exactly PyG's
 :class:`~torch_geometric.metrics.LinkPredRecall`, :class:`~.LinkPredNDCG`,
 :class:`~.LinkPredPrecision` and :class:`~.LinkPredMAP`, which are used here.
 
@@ -36,13 +38,16 @@ from torch_geometric.metrics import (LinkPredMAP, LinkPredMetricCollection,
                                      LinkPredNDCG, LinkPredPrecision,
                                      LinkPredRecall)
 
+from ..data.errors import DataError
 from ..data.index import UI, training_index
+from ..errors import NonFiniteError
 from ..ranking import ItemLists, score_rows, transpose_items
+from .checkpoint import first_nonfinite
 from ..utils import cached_on, eval_view, progress as _progress, resolve_device, \
     tensor_fingerprint
 
 __all__ = ['Evaluator', 'evaluate', 'recommend', 'METRICS', 'SPLITS',
-           'per_user_metrics']
+           'per_user_metrics', 'check_finite_embeddings', 'check_split']
 
 #: metric names, in the order they are reported.
 METRICS = ('recall', 'ndcg', 'precision', 'map')
@@ -105,6 +110,7 @@ class Evaluator:
         self.device = None if device is None else resolve_device(device)
         self.num_users = int(data['user'].num_nodes)
         self.num_items = int(data['item'].num_nodes)
+        self.name = str(getattr(data, 'name', '') or 'the data')
         self.index = training_index(data)
         store = data[UI]
         self._split_edges: Dict[str, Tensor] = {}
@@ -121,15 +127,17 @@ class Evaluator:
         edges = self._split_edges.get(split)
         return edges is not None and edges.size(1) > 0
 
+    def check_split(self, split: str) -> None:
+        """Raise :class:`~mambarec_pyg.data.DataError` unless ``split`` has
+        interactions to evaluate."""
+        _require(self.name, split, self.has_split(split))
+
     # -- precomputation ---------------------------------------------------------
     def _split(self, split: str, device: torch.device) -> _Split:
         cached = self._on.get((split, device))
         if cached is not None:
             return cached
-        if split not in self._split_edges:
-            raise KeyError(f"split {split!r}: the data has no "
-                           f"'{split}_edge_label_index' (choose from "
-                           f"{', '.join(self._split_edges) or 'none'})")
+        self.check_split(split)
         base = self._splits.get(split)
         if base is None:
             gt = self._split_edges[split]
@@ -185,6 +193,7 @@ class Evaluator:
         device = self.device or user_emb.device
         user_emb, item_emb = user_emb.to(device), item_emb.to(device)
         self._check_shapes(user_emb, item_emb)
+        check_finite_embeddings(user_emb, item_emb)
         sp = self._split(split, device)
         coll = self._collection(device)
         coll.reset()
@@ -227,6 +236,40 @@ class Evaluator:
         if user_emb.size(1) != item_emb.size(1):
             raise ValueError(f'embedding widths differ: users {user_emb.size(1)}, '
                              f'items {item_emb.size(1)}')
+
+
+def _require(name: str, split: str, present: bool) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split: expected 'valid' or 'test', got {split!r}")
+    if not present:
+        label = {'valid': 1, 'test': 2}[split]
+        raise DataError(f'{name} has no {split} interactions (x_label {label}), so '
+                        f'there is nothing to evaluate on the {split} split')
+
+
+def check_split(data: HeteroData, split: str) -> None:
+    """Raise :class:`~mambarec_pyg.data.DataError`, naming the data, unless ``split``
+    (``'valid'`` or ``'test'``) has at least one interaction: metrics over no users
+    would be zeros that look like results."""
+    store = data[UI]
+    key = f'{split}_edge_label_index'
+    _require(str(getattr(data, 'name', '') or 'the data'), split,
+             key in store and store[key].size(1) > 0)
+
+
+def check_finite_embeddings(user_emb: Tensor, item_emb: Tensor) -> None:
+    """Raise :class:`~mambarec_pyg.errors.NonFiniteError` if the embeddings hold a
+    NaN or an infinite value (one fused check,
+    :func:`~mambarec_pyg.train.checkpoint.first_nonfinite`): scores computed from
+    them rank arbitrarily (``topk`` puts NaN first)."""
+    bad = first_nonfinite((('user', user_emb), ('item', item_emb)))
+    if bad is not None:
+        counts = ' and '.join(p for p in (f'{bad.nan} NaN' if bad.nan else '',
+                                          f'{bad.inf} infinite' if bad.inf else '')
+                              if p)
+        raise NonFiniteError(f'the model\'s {bad.name} embeddings are not finite '
+                             f'({counts} of {bad.numel} values): its weights diverged, '
+                             f'so any ranking it gives is arbitrary')
 
 
 def per_user_metrics(top: Tensor, truth: ItemLists,
@@ -314,7 +357,19 @@ def recommend(model: torch.nn.Module, users: Union[Tensor, Iterable[int]],
 
     Returns ``(items [len(users), k], scores [len(users), k])``; a user with fewer
     than ``k`` candidates gets ``-1`` (score ``-inf``) in the remaining places.
+
+    Raises:
+        NonFiniteError: a recommended item's score is NaN or infinite (the model's
+            weights diverged; ``topk`` ranks NaN first, so the lists would be
+            arbitrary).
     """
     users = users if isinstance(users, Tensor) else torch.as_tensor(list(users))
     items, scores = model.recommend(users, k, return_scores=True)
-    return items.cpu(), scores.cpu()
+    items, scores = items.cpu(), scores.cpu()
+    bad = (items >= 0) & ~torch.isfinite(scores)
+    if bool(bad.any()):
+        row = int(bad.any(dim=1).nonzero()[0, 0])
+        raise NonFiniteError(f'user {int(users.reshape(-1)[row])}: the model scores '
+                             f'items {float(scores[row][bad[row]][0])}: its weights '
+                             f'diverged, so the recommendations would be arbitrary')
+    return items, scores

@@ -13,6 +13,7 @@ The data are loaded by :func:`mambarec_pyg.data.load_dataset`.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Callable, Optional, Tuple, Union
 
 import torch
@@ -20,8 +21,13 @@ from torch_geometric.data import HeteroData
 
 from ..config import Config, ModelConfig, from_dict
 from ..data.dataset import data_spec, load_dataset
-from ..utils import resolve_device, seed_everything
-from .checkpoint import load_checkpoint
+from ..data.errors import DataError
+from ..data.fingerprint import (DataChangedWarning, data_fingerprint,
+                                fingerprint_changes)
+from ..errors import CheckpointError, NonFiniteError
+from ..utils import eval_view, resolve_device, seed_everything
+from .checkpoint import first_nonfinite, load_checkpoint
+from .evaluate import check_finite_embeddings
 from .trainer import Trainer, TrainResult
 
 __all__ = ['build_model', 'run', 'load_run', 'ModelFactory']
@@ -69,7 +75,9 @@ def run(config: Config, output_dir: Optional[PathLike] = None, *,
 def load_run(checkpoint: PathLike, device: Union[str, torch.device, None] = 'cpu',
              data: Optional[HeteroData] = None,
              model_factory: Optional[ModelFactory] = None,
-             trusted: bool = False) -> Tuple[torch.nn.Module, HeteroData, Config]:
+             trusted: bool = False,
+             allow_changed_data: bool = False
+             ) -> Tuple[torch.nn.Module, HeteroData, Config]:
     """Rebuild ``(model, data, config)`` from a checkpoint written by a run (any
     registered model; the checkpoint records its name and config).
 
@@ -77,8 +85,26 @@ def load_run(checkpoint: PathLike, device: Union[str, torch.device, None] = 'cpu
     absolute MMRec root, or the synthetic preset and seed) unless ``data`` is given.
     ``trusted`` reads checkpoints of older versions (see
     :func:`~mambarec_pyg.train.checkpoint.load_checkpoint`).
+
+    The checks, in order:
+
+    * the weights must be finite, and so must the embeddings they give (a diverged
+      run's weights rank arbitrarily): else :class:`CheckpointError`;
+    * the data must be those the run was trained on: their fingerprint
+      (:mod:`~mambarec_pyg.data.fingerprint`) is compared with the checkpoint's, and
+      any difference stops with a :class:`DataError` naming what changed -- or, with
+      ``allow_changed_data``, is reported as a
+      :class:`~mambarec_pyg.data.fingerprint.DataChangedWarning`. A checkpoint that
+      records no fingerprint (written by an older version) gets a
+      :class:`DataChangedWarning` saying its data cannot be checked.
     """
     state = load_checkpoint(checkpoint, trusted=trusted)
+    bad = first_nonfinite((state.get('model') or {}).items())
+    if bad is not None:
+        raise CheckpointError(f'{checkpoint}: refused: the weights are not finite '
+                              f'(tensor {bad.describe()}); the run that wrote it '
+                              f'diverged, and any ranking they give is arbitrary. Train '
+                              f'again with a lower learning rate')
     if not state.get('config'):
         raise ValueError(f'{checkpoint}: the checkpoint records no full config (it was '
                          f'written by a Trainer given only a TrainConfig); rebuild the '
@@ -89,10 +115,56 @@ def load_run(checkpoint: PathLike, device: Union[str, torch.device, None] = 'cpu
         spec = state.get('data') or {}
         data_cfg = from_dict(DataConfig, spec) if spec else config.data
         data = load_dataset(data_cfg)
+    _check_data(checkpoint, state.get('data_fingerprint'), data, allow_changed_data)
     factory = model_factory or build_model
     model = factory(data, config.model)
-    model.load_state_dict(state['model'])
+    try:
+        model.load_state_dict(state['model'])
+    except RuntimeError as e:
+        raise CheckpointError(f'{checkpoint}: the weights do not fit the model built on '
+                              f'these data ({str(e).splitlines()[0]})') from None
     if device is not None:
         model.to(resolve_device(device))
     model.eval()
+    view = eval_view(model)
+    embed = getattr(view, 'embed', None)
+    try:
+        with torch.no_grad():
+            check_finite_embeddings(*(embed() if callable(embed) else view()))
+    except NonFiniteError as e:
+        raise CheckpointError(f'{checkpoint}: refused: {e}; the run that wrote it '
+                              f'diverged. Train again with a lower learning '
+                              f'rate') from None
     return model, data, config
+
+
+def _check_data(checkpoint: PathLike, recorded, data: HeteroData,
+                allow_changed_data: bool) -> None:
+    """Compare ``data`` with the fingerprint the checkpoint recorded (see
+    :func:`load_run`)."""
+    if not isinstance(recorded, dict):
+        warnings.warn(f'{checkpoint}: the checkpoint records no data fingerprint (it '
+                      f'was written by an older mambarec_pyg version), so it cannot be '
+                      f'checked that these are the data it was trained on',
+                      DataChangedWarning, stacklevel=3)
+        return
+    changes = fingerprint_changes(recorded, data_fingerprint(data))
+    if changes is None:
+        warnings.warn(f'{checkpoint}: the checkpoint\'s data fingerprint is of '
+                      f'another version (v{recorded.get("version")}), so it cannot be '
+                      f'checked that these are the data it was trained on',
+                      DataChangedWarning, stacklevel=3)
+        return
+    if not changes:
+        return
+    what = '; '.join(changes)
+    if not allow_changed_data:
+        raise DataError(f'{checkpoint}: the data are not those the run was trained '
+                        f'on ({what}); its metrics and recommendations would describe '
+                        f'other data. Use the data it was trained on (--data ROOT if '
+                        f'they moved), or pass --allow-changed-data '
+                        f'(allow_changed_data=True) to use these anyway')
+    warnings.warn(f'{checkpoint}: the data are NOT those the run was trained on '
+                  f'({what}); going on because of --allow-changed-data: the results '
+                  f'do not describe the data the run was selected on',
+                  DataChangedWarning, stacklevel=3)

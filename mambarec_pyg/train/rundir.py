@@ -19,7 +19,20 @@ search alike:
 * **continuing a finished run** -- under :data:`CONTINUABLE` changes only, and never to
   fewer epochs than it trained (:func:`finished_run`);
 * **differences** -- :func:`config_diffs` names each field (``train.batch_size``) with
-  its old and new value (:class:`ConfigDiff`).
+  its old and new value (:class:`ConfigDiff`); a run of another model is named by
+  ``model.name`` alone (the fields of two models do not compare);
+* **the data** -- a checkpoint records the fingerprint of its data
+  (:mod:`~mambarec_pyg.data.fingerprint`); a resume on data with another fingerprint
+  stops, naming what changed;
+* **a new run in a directory that holds an earlier one** (``--overwrite``) leaves the
+  earlier run's files (:data:`RUN_RECORD`) as they are until it writes its first
+  checkpoint or results, and then removes them first (:func:`remove_earlier_run`), so
+  a run stopped before then leaves the directory as it was, and a directory never
+  mixes two runs' files;
+* **leftover temporaries** -- a process killed while writing leaves the hidden
+  temporary of an atomic write (``.last.pt.XXXXXXXX.tmp``, up to the size of the
+  file); the run that next owns the directory removes those of :data:`WRITTEN`, and
+  nothing else (:func:`remove_leftover_temporaries`).
 
 :class:`RunLock` holds an exclusive :func:`fcntl.flock` on ``DIR/.lock`` (with the
 owner's pid and host written in it) for as long as a run writes to ``DIR``. The
@@ -41,18 +54,25 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tup
 
 try:
     from ..errors import ConfigError, RunDirectoryBusy
+    from ..io import leftover_temporaries
 except ImportError:  # this file loaded on its own (a process that only holds a lock)
     from mambarec_pyg.errors import ConfigError, RunDirectoryBusy
+    from mambarec_pyg.io import leftover_temporaries
 
 __all__ = ['RunLock', 'RunDirectoryBusy', 'holds_run', 'RUN_FILES', 'FINAL_STATUSES',
            'IGNORED', 'CONTINUABLE', 'RESUMABLE_CHANGES', 'ConfigDiff',
            'config_diffs', 'read_record', 'finished_record', 'finished_run',
-           'check_resume']
+           'check_resume', 'WRITTEN', 'RUN_RECORD', 'remove_leftover_temporaries',
+           'earlier_run_files', 'remove_earlier_run']
 
 PathLike = Union[str, os.PathLike]
 
 #: The files whose presence means a directory holds a run.
 RUN_FILES = ('last.pt', 'best.pt', 'results.json')
+#: The files a run writes atomically (whose temporaries a killed run can leave).
+WRITTEN = RUN_FILES + ('config.yaml', )
+#: Everything a run records in its directory (what a new run there replaces).
+RUN_RECORD = WRITTEN + ('train.log', )
 #: The statuses of a finished run in ``results.json`` (the others: ``'running'``,
 #: ``'interrupted'``, ``'diverged'``).
 FINAL_STATUSES = ('early_stopped', 'max_epochs', 'evaluated')
@@ -183,9 +203,10 @@ def finished_run(directory: PathLike, config: Any
 
 def check_resume(path: PathLike, saved: Mapping[str, Any], *,
                  config: Optional[Mapping[str, Any]], train: Mapping[str, Any],
-                 dataset: Mapping[str, Any], model_name: Optional[str]) -> None:
+                 dataset: Mapping[str, Any], model_name: Optional[str],
+                 fingerprint: Optional[Mapping[str, Any]] = None) -> None:
     """Stop, naming each field, if a run would continue from the checkpoint ``saved``
-    (read from ``path``) with other settings than it was written with.
+    (read from ``path``) with other settings or other data than it was written with.
 
     Args:
         config: the run's whole config (``Config.to_dict()``), or ``None`` for a run
@@ -196,6 +217,9 @@ def check_resume(path: PathLike, saved: Mapping[str, Any], *,
         dataset: the data's shape (``num_users``, ``num_items``,
             ``num_train_interactions``).
         model_name: the model's registered name.
+        fingerprint: the data's fingerprint
+            (:func:`~mambarec_pyg.data.fingerprint.data_fingerprint`), compared with
+            the checkpoint's when both exist.
 
     Raises:
         ConfigError: anything but :data:`RESUMABLE_CHANGES` differs, or the data or
@@ -209,19 +233,82 @@ def check_resume(path: PathLike, saved: Mapping[str, Any], *,
         diffs = config_diffs({'train': old},
                              {'train': {k: v for k, v in train.items() if k in old}},
                              ignore=RESUMABLE_CHANGES)
+    other_model = bool(saved.get('model_name') and model_name and
+                       saved['model_name'] != model_name)
+    if other_model or any(d.field == 'model.name' for d in diffs):
+        # another model: its fields do not compare with the recorded model's, and
+        # the model's name is the one difference to report about it (once)
+        diffs = [d for d in diffs if not d.field.startswith('model.')]
+        old_name = saved.get('model_name') or (recorded or {}).get('model', {}).get(
+            'name')
+        new_name = model_name or (config or {}).get('model', {}).get('name')
+        diffs.insert(0, ConfigDiff('model.name', old_name, new_name))
     messages = [d.describe() for d in diffs]
     shape = saved.get('dataset') or {}
     messages += [f'dataset {key}: {shape[key]} in the checkpoint, {dataset[key]} now'
                  for key in _SHAPE if key in shape and shape[key] != dataset[key]]
-    if saved.get('model_name') and model_name and saved['model_name'] != model_name:
-        messages.append(ConfigDiff('model.name', saved['model_name'],
-                                   model_name).describe())
+    recorded_data = saved.get('data_fingerprint')
+    if fingerprint is not None and isinstance(recorded_data, Mapping) and not any(
+            m.startswith('dataset ') for m in messages):
+        try:
+            from ..data.fingerprint import fingerprint_changes
+        except ImportError:  # pragma: no cover - this file loaded on its own
+            from mambarec_pyg.data.fingerprint import fingerprint_changes
+        changes = fingerprint_changes(recorded_data, fingerprint) or []
+        messages += [f'data {change}' for change in changes]
     if messages:
         raise ConfigError(
             f'{path}: cannot resume with different settings (' + '; '.join(messages)
             + '); only ' + ', '.join(RESUMABLE_CHANGES) + ' may change. Use the '
             "checkpoint's settings, or start a new run (--overwrite or another "
             '--output); nothing was changed on disk')
+
+
+# ---------------------------------------------------------------------------------
+# The files of a run: leftovers of a killed write, an earlier run's record
+# ---------------------------------------------------------------------------------
+def remove_leftover_temporaries(directory: PathLike) -> List[Path]:
+    """Remove the temporaries of the atomic writes of :data:`WRITTEN` that a killed
+    process left in ``directory`` (``.last.pt.XXXXXXXX.tmp``: the pattern of
+    :func:`~mambarec_pyg.io.atomic_path`, regular files only); return them.
+
+    Call it only while holding the directory's :class:`RunLock`: a live writer's
+    temporary looks the same.
+    """
+    removed = []
+    for name in WRITTEN:
+        for path in leftover_temporaries(Path(directory) / name):
+            try:
+                path.unlink()
+            except FileNotFoundError:  # pragma: no cover - gone meanwhile
+                continue
+            removed.append(path)
+    return removed
+
+
+def earlier_run_files(directory: PathLike) -> List[str]:
+    """The names of :data:`RUN_RECORD` present in ``directory`` (a run's record that
+    a new run there replaces)."""
+    return [name for name in RUN_RECORD
+            if os.path.lexists(Path(directory) / name)]
+
+
+def remove_earlier_run(directory: PathLike, keep: Sequence[str] = ()) -> List[str]:
+    """Remove an earlier run's record (:data:`RUN_RECORD`, but the names in ``keep``)
+    from ``directory``, where a new run is about to write its own: ``results.json``
+    first, so that the directory never looks like a finished run while the rest goes,
+    then the checkpoints, ``config.yaml`` and ``train.log``. Returns the names
+    removed; other files are left alone."""
+    order = ('results.json', 'best.pt', 'last.pt', 'config.yaml', 'train.log')
+    removed = []
+    for name in order + tuple(n for n in RUN_RECORD if n not in order):
+        if name in keep:
+            continue
+        path = Path(directory) / name
+        if os.path.lexists(path) and not path.is_dir():
+            path.unlink()
+            removed.append(name)
+    return removed
 
 
 # ---------------------------------------------------------------------------------

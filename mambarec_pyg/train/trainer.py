@@ -44,11 +44,26 @@ atomically), in the manner of PyTorch Lightning's ``ModelCheckpoint``:
 
 Ctrl-C (or SIGTERM) stops at once: the unfinished epoch is dropped, ``best.pt`` and
 ``results.json`` are written (the latter only if an epoch completed), and the best
-weights are put back in the model. A non-finite loss stops the run with
-:class:`TrainingDivergedError` naming the epoch, batch and loss parts (on the CPU
-before the optimiser applies it; on a GPU, where checking every step would stall the
-device, within 16 steps), and leaves the checkpoints on disk untouched. A run
-directory belongs to one process at a time (:class:`~mambarec_pyg.train.rundir.RunLock`).
+weights are put back in the model. A run directory belongs to one process at a time
+(:class:`~mambarec_pyg.train.rundir.RunLock`).
+
+Divergence. No epoch with non-finite weights is ever evaluated, selected or saved:
+
+* a non-finite loss stops the run with :class:`TrainingDivergedError` naming the
+  epoch, batch and loss parts (on the CPU before the optimiser applies it; on a GPU,
+  where checking every step would stall the device, within 16 steps);
+* after the steps of every epoch, before it is evaluated, the weights (the model's
+  ``state_dict``) are checked with one fused reduction
+  (:func:`~mambarec_pyg.train.checkpoint.first_nonfinite`; one synchronisation per
+  epoch on a GPU); an update that overflowed while the loss stayed finite stops the
+  run with :class:`TrainingDivergedError` naming the epoch and the first non-finite
+  tensor.
+
+Either way ``last.pt`` is not written again (it holds the last checkpointed epoch),
+``best.pt`` gets the best epoch so far, ``results.json`` records status
+``'diverged'`` (if an epoch completed), the best weights are put back in the model,
+and the message ends with what the directory holds (only files that exist, with
+their epochs).
 ``results.json`` records the config, per-epoch history, best epoch, valid and test
 metrics, timings, environment and any warnings (:meth:`Recommender.diagnose
 <mambarec_pyg.models.Recommender.diagnose>`).
@@ -85,12 +100,13 @@ import torch
 from torch_geometric.data import HeteroData
 
 from ..config import Config, ConfigError, TrainConfig, to_dict
+from ..data.fingerprint import data_fingerprint
 from ..data.index import training_index
 from ..data.sampling import TrainingPairs
-from ..errors import CheckpointError, TrainingDivergedError
-from ..utils import resolve_device
-from .checkpoint import load_checkpoint
-from .evaluate import Evaluator
+from ..errors import CheckpointError, NonFiniteError, TrainingDivergedError
+from ..utils import eval_view, resolve_device
+from .checkpoint import first_nonfinite, load_checkpoint
+from .evaluate import Evaluator, check_finite_embeddings
 from .process import deterministic_algorithms, stop_on_sigterm, thread_policy_note
 from .recorder import RunRecorder
 from .rundir import check_resume
@@ -189,8 +205,13 @@ class Trainer:
             memory.
         resume: continue from ``output_dir/last.pt`` when it exists. Only the
             options in :data:`~mambarec_pyg.train.rundir.RESUMABLE_CHANGES` may
-            differ from the checkpoint's; any other difference stops with
+            differ from the checkpoint's, and the data must have its fingerprint
+            (:mod:`~mambarec_pyg.data.fingerprint`); any other difference stops with
             :class:`~mambarec_pyg.config.ConfigError` before anything is written.
+            Without ``resume`` (or without a ``last.pt``) a new run starts; an
+            earlier run's files in ``output_dir`` stay as they are until it writes
+            its first checkpoint or results, which replace them all
+            (:class:`~mambarec_pyg.train.recorder.RunRecorder`).
         quiet: no progress bars and no per-epoch lines on the console (the log file
             is still written).
         callbacks: called as ``callback(trainer, record)`` after every epoch.
@@ -272,7 +293,8 @@ class Trainer:
             output_dir, config=self.config, run_config=self.run_config,
             model_name=getattr(model, 'name', '') or type(model).__name__,
             data_spec=data_spec, dataset=self._dataset_shape(), device=self.device,
-            quiet=quiet, is_writer=is_writer)
+            quiet=quiet, is_writer=is_writer,
+            fingerprint=lambda: data_fingerprint(self.data))
         self.step_factory: StepFactory = step_factory or TrainingStep
         self.optimizer: Optional[torch.optim.Optimizer] = None
         self.scheduler = None
@@ -324,7 +346,8 @@ class Trainer:
                 self.optimizer, lambda e: decay**(e / every))
             if self.step is None:
                 self.step = self.build_step()
-        self.recorder.open()
+        # a new run leaves an earlier run's files until it writes its own (rundir)
+        self.recorder.open(resumed=checkpoint is not None, keep_log=self.resume)
         if checkpoint is not None:
             self.load_state_dict(checkpoint)
             self._log(f'resumed from {self.last_path} after epoch '
@@ -372,10 +395,18 @@ class Trainer:
         except CheckpointError as e:
             raise CheckpointError(f'{e}; a run cannot be resumed from it: start a new '
                                   f'run (--overwrite or another --output)') from None
+        recorded = checkpoint.get('data_fingerprint')
         check_resume(path, checkpoint,
                      config=self.run_config.to_dict() if self.run_config else None,
                      train=to_dict(self.config), dataset=self.recorder.dataset,
-                     model_name=getattr(self.model, 'name', None))
+                     model_name=getattr(self.model, 'name', None),
+                     fingerprint=self.recorder.fingerprint() if recorded else None)
+        bad = first_nonfinite((checkpoint.get('model') or {}).items())
+        if bad is not None:
+            raise CheckpointError(f'{path}: the weights are not finite (tensor '
+                                  f'{bad.describe()}); a run cannot be resumed from '
+                                  f'it: start a new run (--overwrite or another '
+                                  f'--output)')
         return checkpoint
 
     def _dataset_shape(self) -> Dict[str, Any]:
@@ -429,15 +460,24 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------
     def fit(self) -> TrainResult:
-        """Train until early stopping, ``max_epochs`` or Ctrl-C; see the module doc."""
+        """Train until early stopping, ``max_epochs`` or Ctrl-C; see the module doc.
+
+        However it ends (also with an error), the model is left in eval mode
+        (``model.training`` is ``False``), ready to evaluate and serve; call
+        ``model.train()`` before training it further by hand.
+        """
         deterministic = self.config.deterministic
         if deterministic is None:
             deterministic = self.device.type == 'cpu'
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(self.recorder.lock())
-            stack.enter_context(deterministic_algorithms(deterministic, self.device))
-            stack.enter_context(stop_on_sigterm())
-            return self._fit()
+        try:
+            with contextlib.ExitStack() as stack:
+                stack.enter_context(self.recorder.lock())
+                stack.enter_context(deterministic_algorithms(deterministic,
+                                                             self.device))
+                stack.enter_context(stop_on_sigterm())
+                return self._fit()
+        finally:
+            self.model.eval()
 
     def should_stop(self) -> bool:
         """Early stopping (MMRec's rule): more than ``patience`` epochs without a
@@ -482,12 +522,18 @@ class Trainer:
             return self._interrupted(total_before, start)
         except TrainingDivergedError as e:
             state.timings['total_s'] = total_before + time.perf_counter() - start
-            self._log(str(e))
-            self.recorder.write_best(state)
-            if state.epoch > 0:
-                self.recorder.write_results('diverged', state, error=str(e))
+            recorder = self.recorder
+            # the best epoch so far was checked when it completed: finite
+            recorder.write_best(state)
+            with_results = state.epoch > 0 and recorder.writes
+            message = f'{e} On disk: {recorder.on_disk(results=with_results)}.'
+            if with_results:
+                recorder.write_results('diverged', state, error=message)
+            self._log(message)
+            if self.restore_best:
+                self.load_best()
             self._close(epochs_bar)
-            raise
+            raise TrainingDivergedError(message) from None
         except BaseException:
             self._close(epochs_bar)
             raise
@@ -506,9 +552,13 @@ class Trainer:
         lr = self.optimizer.param_groups[0]['lr']
         t0 = time.perf_counter()
         losses = self._train_epoch(epoch)
+        self._check_weights(epoch)
         train_s = time.perf_counter() - t0
         t1 = time.perf_counter()
-        valid, test, value = self.evaluate_epoch(epoch)
+        try:
+            valid, test, value = self.evaluate_epoch(epoch)
+        except NonFiniteError as e:  # finite weights whose embeddings overflow
+            raise TrainingDivergedError(self._embeddings_diverged(epoch, e)) from None
         eval_s = time.perf_counter() - t1
         best = test is not None
         self.state.timings['train_s'] += train_s
@@ -612,15 +662,49 @@ class Trainer:
                           names: List[str], values: torch.Tensor,
                           applied: int = 0) -> str:
         parts = ', '.join(f'{n}={v:.6g}' for n, v in zip(names, values.tolist()))
-        written = self.recorder.last_epoch
-        kept = (f'the checkpoints on disk (last.pt after epoch {written - 1}) are kept'
-                if self.last_path and written > 0 else
-                'no checkpoint had been written')
         step = ('the step was not applied' if applied == 0 else
                 f'{applied} step(s) were applied before the check on the GPU')
         return (f'non-finite loss at epoch {epoch}, batch {batch + 1} of {num_batches}: '
-                f'{parts}; {step} and training stopped; {kept}. Lower the learning '
-                f'rate or check the data for extreme feature values.')
+                f'{parts}; {step} and training stopped. Lower the learning rate or '
+                f'check the data for extreme feature values.')
+
+    def _check_weights(self, epoch: int) -> None:
+        """Stop (:class:`TrainingDivergedError`) if the weights after the steps of
+        ``epoch`` are not all finite, before the epoch is evaluated or saved. (Finite
+        weights can still give non-finite embeddings: the evaluation refuses those,
+        and when there is no split to evaluate they are checked here.)"""
+        bad = first_nonfinite(self.model.state_dict().items())
+        if bad is None:
+            if not (self.has_valid or self.has_test):
+                view = eval_view(self.model)
+                embed = getattr(view, 'embed', None)
+                with torch.no_grad():
+                    try:
+                        check_finite_embeddings(*(embed() if callable(embed) else
+                                                  view()))
+                    except NonFiniteError as e:
+                        raise TrainingDivergedError(
+                            self._embeddings_diverged(epoch, e)) from None
+            return
+        kind = ('parameter' if bad.name in dict(self.model.named_parameters()) else
+                'buffer')
+        raise TrainingDivergedError(
+            f'non-finite weights after the training steps of epoch {epoch}: {kind} '
+            f'{bad.describe()} (the loss stayed finite); training '
+            f'stopped before the epoch was evaluated or saved. Lower the learning '
+            f'rate or check the data for extreme feature values.')
+
+    def _embeddings_diverged(self, epoch: int, error: NonFiniteError) -> str:
+        """The message for finite weights whose embeddings are not finite."""
+        largest = max(((float(t.detach().abs().max()), name) for name, t in
+                       self.model.state_dict().items()
+                       if t.is_floating_point() and t.numel()), default=None)
+        where = (f' (the largest weight: {largest[0]:.3g} in {largest[1]!r})'
+                 if largest is not None else '')
+        return (f'non-finite embeddings after the training steps of epoch {epoch}: '
+                f'{error}{where}; training stopped before the epoch was evaluated or '
+                f'saved. Lower the learning rate or check the data for extreme '
+                f'feature values.')
 
     # -- endings ------------------------------------------------------------------------
     def _maybe_checkpoint(self) -> None:
