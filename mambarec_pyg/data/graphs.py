@@ -179,18 +179,25 @@ def normalized_adjacency(edge_index: Tensor, num_users: int, num_items: int, *,
 
 def sparse_from_edges(edge_index: Tensor, edge_weight: Optional[Tensor],
                       size: Tuple[int, int], *, dtype: Optional[torch.dtype] = None,
-                      layout: str = 'auto') -> Union[Tensor, SparseTensor]:
+                      layout: str = 'auto', reduce: str = 'sum'
+                      ) -> Union[Tensor, SparseTensor]:
     r"""The propagation matrix of an edge list: ``M[t, s] = sum of w`` over the edges
     ``s -> t`` (PyG's ``source_to_target`` flow: ``edge_index[0]`` are sources,
     ``edge_index[1]`` targets), so ``spmm(M, x)[t] = sum_s w x[s]``.
 
     Args:
         edge_index: ``[2, E]`` (sources, targets).
-        edge_weight: ``[E]`` weights (``None``: 1); repeated edges are summed.
+        edge_weight: ``[E]`` weights (``None``: 1).
         size: ``(num_targets, num_sources)``.
         dtype: value dtype (default: ``edge_weight``'s, else the default dtype).
         layout: see :func:`to_sparse`.
+        reduce: how repeated edges combine: ``'sum'``, or ``'max'`` (the largest
+            weight; e.g. the element-wise maximum of several graphs given as one
+            concatenated edge list, SMORE's max-pooled item graph).
     """
+    if reduce not in ('sum', 'max'):
+        raise ValueError(f"sparse_from_edges: reduce: expected 'sum' or 'max', got "
+                         f"{reduce!r}")
     src, dst = edge_index[0].long(), edge_index[1].long()
     if edge_weight is None:
         edge_weight = torch.ones(src.numel(), dtype=dtype or torch.get_default_dtype(),
@@ -199,7 +206,10 @@ def sparse_from_edges(edge_index: Tensor, edge_weight: Optional[Tensor],
         edge_weight.double()
     key = dst * size[1] + src
     distinct, inverse = torch.unique(key, return_inverse=True)
-    if distinct.numel() != key.numel():  # sum repeats
+    if distinct.numel() != key.numel() and reduce == 'max':
+        value = value.new_zeros(distinct.numel()).scatter_reduce_(
+            0, inverse, value, 'amax', include_self=False)
+    elif distinct.numel() != key.numel():  # sum repeats
         value = torch.zeros(distinct.numel(), dtype=value.dtype,
                             device=value.device).index_add_(0, inverse, value)
     else:

@@ -24,6 +24,7 @@ from .bm3 import BM3, BM3Config  # noqa: E402
 from .mmgcn import MMGCN, MMGCNConfig  # noqa: E402
 from .grcn import GRCN, GRCNConfig  # noqa: E402
 from .mgcn import MGCN, MGCNConfig  # noqa: E402
+from .smore import SMORE, SMOREConfig  # noqa: E402
 from .mambarec import MambaRec, MambaRecConfig, MambaRecOutput  # noqa: E402
 
 __all__ = ['Recommender', 'register', 'get_model_class', 'get_config_class',

@@ -8,6 +8,7 @@ from .functional import frozen_product, normalize_rows
 from .fusion import ModalityFusion
 from .losses import InfoNCELoss, MMDLoss, bpr_loss, emb_loss, info_nce, mmd_loss
 from .projection import Projection, reduced_width
+from .spectral import SpectralFilter
 
 __all__ = [
     'DREAM',
@@ -18,6 +19,7 @@ __all__ = [
     'WeightedPropagation',
     'sparse_propagate',
     'ModalityFusion',
+    'SpectralFilter',
     'normalize_rows',
     'frozen_product',
     'bpr_loss',

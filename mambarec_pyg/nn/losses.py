@@ -25,7 +25,8 @@ Bandwidth = Union[float, Sequence[float]]
 __all__ = ['bpr_loss', 'info_nce', 'mmd_loss', 'emb_loss', 'InfoNCELoss', 'MMDLoss']
 
 
-def bpr_loss(pos_scores: Tensor, neg_scores: Tensor) -> Tensor:
+def bpr_loss(pos_scores: Tensor, neg_scores: Tensor, reduction: str = 'mean'
+             ) -> Tensor:
     r"""The Bayesian personalised ranking loss
 
     .. math::
@@ -38,12 +39,20 @@ def bpr_loss(pos_scores: Tensor, neg_scores: Tensor) -> Tensor:
     Args:
         pos_scores (torch.Tensor): scores of the positive pairs, shape :obj:`[B]`.
         neg_scores (torch.Tensor): scores of the negative pairs, shape :obj:`[B]`.
+        reduction (str): ``'mean'`` (the loss above) or ``'none'`` (the :obj:`[B]`
+            terms, e.g. for :meth:`BPRBatch.mean
+            <mambarec_pyg.data.sampling.BPRBatch.mean>` or a weighted mean).
+            (default: ``'mean'``)
     """
     if pos_scores.shape != neg_scores.shape:
         raise ValueError(f'bpr_loss: expected pos_scores and neg_scores of the same '
                          f'shape, got {tuple(pos_scores.shape)} and '
                          f'{tuple(neg_scores.shape)}')
-    return F.softplus(neg_scores - pos_scores).mean()
+    if reduction not in ('mean', 'none'):
+        raise ValueError(f"bpr_loss: reduction: expected 'mean' or 'none', got "
+                         f"{reduction!r}")
+    terms = F.softplus(neg_scores - pos_scores)
+    return terms.mean() if reduction == 'mean' else terms
 
 
 def emb_loss(*embeddings: Tensor) -> Tensor:
