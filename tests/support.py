@@ -1,7 +1,9 @@
 """Helpers shared by test files: a small matrix-factorisation model registered from
 the tests, as a user would register their own model; random BPR batches, item-feature
-variants of a dataset and float64 construction for the per-model formula tests; and
-the "beats most-popular through the CLI" learning check."""
+variants of a dataset and float64 construction for the per-model formula tests;
+plain computations several model tests share (the user co-occurrence graph from a
+naive loop, DualGNN's and DRAGON's modality networks and loss); and the "beats
+most-popular through the CLI" learning check."""
 from __future__ import annotations
 
 import contextlib
@@ -175,3 +177,76 @@ def assert_beats_popularity(results: dict, data, margin: float = 0.05) -> None:
     got = results['valid']['recall@20']
     popularity = popularity_recall(data)
     assert got > popularity + margin, (got, popularity)
+
+
+def naive_user_neighbours(data, k: int) -> Dict[int, list]:
+    """Each user's top-``k`` co-occurring users in ``data``'s training edges as
+    ``[(v, count), ...]``: MMRec's loop over item sets (pairwise intersection sizes,
+    the largest positive counts first, ties by the lower id)."""
+    items: Dict[int, set] = {}
+    for u, i in data[UI].edge_index.t().tolist():
+        items.setdefault(u, set()).add(i)
+    U = data['user'].num_nodes
+    out = {}
+    for u in range(U):
+        counts = [(-len(items.get(u, set()) & items.get(v, set())), v)
+                  for v in range(U) if v != u]
+        out[u] = [(v, -c) for c, v in sorted(counts) if c < 0][:k]
+    return out
+
+
+def naive_user_graph(lists: Mapping[int, list], num_users: int) -> Tensor:
+    """The dense ``[U, U]`` aggregation matrix of neighbour lists ``{u: [(v, count),
+    ...]}`` (repeats allowed): softmax of the counts over each list, summed per
+    neighbour (float64; an empty list gives a zero row)."""
+    W = torch.zeros(num_users, num_users, dtype=torch.float64)
+    for u, entries in lists.items():
+        if not entries:
+            continue
+        z = np.array([c for _, c in entries], dtype=np.float64)
+        w = np.exp(z - z.max())
+        w /= w.sum()
+        for (v, _), weight in zip(entries, w):
+            W[u, v] += float(weight)
+    return W
+
+
+# -- DualGNN and DRAGON, from the equations ------------------------------------
+def numpy_normalized_adjacency(data) -> Tensor:
+    """D^-1/2 A D^-1/2 of ``data``'s training graph (dense float64, users first, no
+    epsilon; isolated nodes get zero rows)."""
+    A = numpy_bipartite_adjacency(data)
+    deg = A.sum(1)
+    inv = np.where(deg > 0, deg, 1.0) ** -0.5
+    return torch.from_numpy(inv[:, None] * A * inv[None, :])
+
+
+def plain_modality_representations(model, data, A):
+    """DualGNN's and DRAGON's modality networks from the equations (dense):
+    every modality's r_m = sum_l A^l normalize([P; W2 lrelu(W1 X + b1) + b2])."""
+    reps = []
+    for m in model.modalities:
+        enc = model.encoders[m]
+        X = data['item'][m].double()
+        h = F.leaky_relu(X @ enc.mlp.weight.t() + enc.mlp.bias, 0.01)
+        h = h @ enc.mlp_1.weight.t() + enc.mlp_1.bias
+        x = torch.cat([enc.preference, h])
+        x = x / x.norm(dim=1, keepdim=True)
+        out, hop = x, x
+        for _ in range(model.config.n_layers):
+            hop = A @ hop
+            out = out + hop
+        reps.append(out)
+    return reps
+
+
+def plain_cooccurrence_loss(model, user, item, batch, reg_weight):
+    """DualGNN's and DRAGON's loss: the base-2 BPR and reg_weight times the
+    preference and modality-weight penalties."""
+    u, i, j = batch
+    bpr = -torch.log2(torch.sigmoid((user[u] * item[i]).sum(1) -
+                                    (user[u] * item[j]).sum(1))).mean()
+    reg = sum(model.encoders[m].preference[u].pow(2).mean() for m in model.modalities)
+    if len(model.modalities) > 1:
+        reg = reg + model.user_weight.pow(2).mean()
+    return bpr, reg_weight * reg

@@ -10,7 +10,8 @@
 * :func:`load_dataset` -- whichever of the two a :class:`~mambarec_pyg.config.DataConfig`
   names;
 * :func:`summarize` -- the dataset's numbers in the shape of the paper's Table 1;
-* :class:`UserItemNorm`, :class:`ItemKNN`, :func:`apply_transforms` -- PyG transforms
+* :class:`UserItemNorm`, :class:`ItemKNN`, :class:`UserCooccurrence`,
+  :func:`apply_transforms` -- PyG transforms
   that put the derived graphs on the data (cached in the dataset's processed
   directory); :func:`normalized_adjacency`, :func:`item_item_graph` -- the same graphs
   as sparse matrices;
@@ -26,7 +27,8 @@ from .graphs import item_item_graph, normalized_adjacency
 from .index import UI, TrainingIndex, training_index
 from .mmrec import load_mmrec, split_labels, write_mmrec
 from .sampling import BPRBatch, TrainingPairs, sample_negatives
-from .transforms import ItemKNN, UserItemNorm, apply_transforms, knn_relation
+from .transforms import (ItemKNN, UserCooccurrence, UserItemNorm, apply_transforms,
+                         cooccurrence_relation, knn_relation)
 from .summary import DatasetSummary, summarize
 from .synthetic import PRESETS, SyntheticPreset, make_synthetic, synthetic_dataset
 
@@ -36,5 +38,6 @@ __all__ = sorted([
     'SyntheticPreset', 'prepare_amazon', 'split_labels', 'normalized_adjacency',
     'item_item_graph', 'sample_negatives', 'data_spec', 'TrainingIndex',
     'training_index', 'BPRBatch', 'TrainingPairs', 'ItemKNN', 'UserItemNorm',
-    'apply_transforms', 'knn_relation'
+    'apply_transforms', 'knn_relation', 'UserCooccurrence',
+    'cooccurrence_relation'
 ])

@@ -17,7 +17,11 @@ graphs on the data, where the models find them; they are also usable on their ow
   MGCN) or binary (FREEDOM).
 * :func:`knn_edges` / :func:`user_item_weights` -- the same graphs as edge lists
   with weights (what the transforms store on the data);
-* :func:`sparse_from_edges` -- a sparse matrix (rows are targets) from an edge list.
+* :func:`sparse_from_edges` -- a sparse matrix (rows are targets) from an edge list;
+* :func:`user_cooccurrence_edges` -- each user's top-:math:`k` co-occurring users in
+  the training interactions, with their counts (the user-user graph of
+  `"DualGNN" <https://doi.org/10.1109/TMM.2021.3138298>`_ and
+  `"DRAGON" <https://arxiv.org/abs/2301.12097>`_).
 
 Both return sparse matrices ready for :func:`torch_geometric.utils.spmm`: a
 :class:`torch_sparse.SparseTensor` when ``torch-sparse`` is installed
@@ -41,8 +45,8 @@ from torch_geometric.typing import SparseTensor
 from .errors import DataError
 
 __all__ = ['normalized_adjacency', 'item_item_graph', 'UserItemGraph', 'to_sparse',
-           'knn_edges', 'user_item_weights', 'sparse_from_edges', 'LAYOUTS',
-           'WEIGHTINGS']
+           'knn_edges', 'user_item_weights', 'sparse_from_edges',
+           'user_cooccurrence_edges', 'LAYOUTS', 'WEIGHTINGS']
 
 #: Sparse layouts the builders can return.
 LAYOUTS = ('auto', 'csr', 'coo', 'sparse_tensor')
@@ -350,3 +354,95 @@ def _topk_lowest_index(sim: Tensor, k: int):
     keep = greater | (equal & (equal.cumsum(dim=1) <= need))
     rows, cols = keep.nonzero(as_tuple=True)  # row-major: sorted by row, then col
     return cols, sim[rows, cols]
+
+
+#: Entries of one block of the user-user co-occurrence product (bounds its memory).
+COOCCURRENCE_BLOCK = 1 << 23
+
+
+def user_cooccurrence_edges(edge_index: Tensor, num_users: int, num_items: int,
+                            k: int = 40, *, block_entries: int = COOCCURRENCE_BLOCK
+                            ) -> Tuple[Tensor, Tensor]:
+    r"""Each user's top-:math:`k` co-occurring users in the interactions
+    ``edge_index`` (the user-user graph of DualGNN and DRAGON).
+
+    With :math:`\mathcal{I}_u` the distinct items of user :math:`u` in
+    ``edge_index``, the co-occurrence of two users is
+
+    .. math::
+        c_{uv} = |\mathcal{I}_u \cap \mathcal{I}_v| \qquad (u \ne v),
+
+    the number of items both interacted with (repeated pairs count once; a user is
+    never its own neighbour). User :math:`u` keeps the (at most) :math:`k` users
+    :math:`v` with the largest :math:`c_{uv} > 0`; among equal counts the lower user
+    id is kept. A user who shares no item with anyone keeps none.
+
+    This is the graph of MMRec's ``preprocessing/dualgnn-gen-u-u-matrix.py`` (the
+    dense :math:`U \times U` count matrix, then ``torch.topk`` per row, of at most
+    200 neighbours), from which DualGNN and DRAGON take each user's first 40 entries:
+    the same neighbours for :math:`k \le 200`, with ties broken deterministically
+    here (``torch.topk`` leaves their order unspecified). It is computed sparsely,
+    as :math:`\mathbf{C} = \mathbf{R}\mathbf{R}^\top` over blocks of users whose
+    product has at most about ``block_entries`` non-zeros, so no :math:`U \times U`
+    matrix is ever held (19,445 users for Baby).
+
+    Args:
+        edge_index: the interactions ``[2, E]`` (row 0 users, row 1 items); pass the
+            **training** interactions only.
+        num_users: :math:`U`.
+        num_items: :math:`N`.
+        k: neighbours kept per user, :math:`k \ge 1`.
+        block_entries: the bound on the non-zeros of one block product.
+
+    Returns:
+        ``(edge_index [2, E'], count [E'])``: ``edge_index[0]`` the neighbour
+        :math:`v` (source), ``edge_index[1]`` the user :math:`u` (target), sorted by
+        :math:`u`, then by descending :math:`c_{uv}`, then by :math:`v`; ``count``
+        :math:`c_{uv}` as float64.
+    """
+    import numpy as np
+    import scipy.sparse as sp
+
+    edge_index = _check_edge_index(edge_index, num_users, num_items,
+                                   'user_cooccurrence_edges')
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise DataError(f'user_cooccurrence_edges: expected k >= 1, got k={k!r}')
+    if block_entries < 1:
+        raise ValueError(f'user_cooccurrence_edges: expected block_entries >= 1, got '
+                         f'{block_entries!r}')
+    ei = edge_index.detach().cpu().numpy()
+    keys = np.unique(ei[0] * num_items + ei[1])  # distinct pairs, sorted by user
+    users, items = keys // num_items, keys % num_items
+    ones = np.ones(keys.size, dtype=np.int64)
+    r = sp.csr_matrix((ones, (users, items)), shape=(num_users, num_items))
+    r_t = r.T.tocsr()
+    # An upper bound of each user's product entries: the sum of its items' degrees.
+    item_degree = np.bincount(items, minlength=num_items)
+    cost = np.bincount(users, weights=item_degree[items], minlength=num_users)
+    total = np.concatenate([[0.0], np.cumsum(cost)])
+    srcs, dsts, counts = [], [], []
+    start = 0
+    while start < num_users:
+        # the longest run of users from `start` within the budget (at least one)
+        stop = int(np.searchsorted(total, total[start] + block_entries,
+                                   side='right')) - 1
+        stop = min(max(stop, start + 1), num_users)
+        c = (r[start:stop] @ r_t).tocoo()
+        row, col, val = c.row.astype(np.int64) + start, c.col.astype(np.int64), c.data
+        keep = (row != col) & (val > 0)
+        row, col, val = row[keep], col[keep], val[keep]
+        # per user: descending count, then ascending neighbour id
+        order = np.lexsort((col, -val, row))
+        row, col, val = row[order], col[order], val[order]
+        first = np.searchsorted(row, row, side='left')  # first entry of each row
+        keep = (np.arange(row.size) - first) < k
+        dsts.append(row[keep])
+        srcs.append(col[keep])
+        counts.append(val[keep])
+        start = stop
+    src = torch.from_numpy(np.concatenate(srcs) if srcs else np.zeros(0, np.int64))
+    dst = torch.from_numpy(np.concatenate(dsts) if dsts else np.zeros(0, np.int64))
+    count = torch.from_numpy(np.concatenate(counts).astype(np.float64) if counts
+                             else np.zeros(0))
+    device = edge_index.device
+    return torch.stack([src, dst]).to(device), count.to(device)

@@ -12,7 +12,11 @@ or shared between models:
   graph of the raw features, as the edge type ``('item', knn_relation(m, k,
   weighting), 'item')`` with ``edge_index`` (neighbour -> item) and ``edge_weight``.
   The weighting rule is a parameter: cosine-similarity weights (MambaRec, MGCN) or
-  binary ones (FREEDOM).
+  binary ones (FREEDOM);
+* :class:`UserCooccurrence` -- each user's top-:math:`k` co-occurring users in the
+  **training** interactions, as the edge type ``('user', cooccurrence_relation(k),
+  'user')`` with ``edge_index`` (neighbour -> user) and ``edge_weight`` (the number
+  of shared items): the user-user graph of DualGNN and DRAGON.
 
 A transform returns a shallow copy of the data with the new edge types (the input is
 not modified) and does nothing when they are already there. Weights are stored in
@@ -42,11 +46,12 @@ from torch_geometric.transforms import BaseTransform
 from ..io import atomic_path
 from ..utils import cached_on, tensor_fingerprint
 from .errors import DataError
-from .graphs import WEIGHTINGS, knn_edges, user_item_weights
+from .graphs import (WEIGHTINGS, knn_edges, user_cooccurrence_edges,
+                     user_item_weights)
 from .index import UI, training_index
 
-__all__ = ['GraphTransform', 'UserItemNorm', 'ItemKNN', 'apply_transforms',
-           'knn_relation', 'content_hash']
+__all__ = ['GraphTransform', 'UserItemNorm', 'ItemKNN', 'UserCooccurrence',
+           'apply_transforms', 'knn_relation', 'cooccurrence_relation', 'content_hash']
 
 EdgeType = Tuple[str, str, str]
 PathLike = Union[str, os.PathLike]
@@ -58,6 +63,11 @@ _VERSION = 2
 def knn_relation(modality: str, k: int = 10, weighting: str = 'similarity') -> str:
     """The relation name of a kNN graph: ``knn10_image``, ``knn10_text_binary``."""
     return f'knn{k}_{modality}' + ('' if weighting == 'similarity' else f'_{weighting}')
+
+
+def cooccurrence_relation(k: int = 40) -> str:
+    """The relation name of a user co-occurrence graph: ``cooccur40``."""
+    return f'cooccur{k}'
 
 
 def content_hash(t: Tensor) -> str:
@@ -213,6 +223,55 @@ class ItemKNN(GraphTransform):
     def __repr__(self) -> str:
         mods = '' if self.modalities is None else f', modalities={self.modalities}'
         return f'ItemKNN(k={self.k}, weighting={self.weighting!r}{mods})'
+
+
+class UserCooccurrence(GraphTransform):
+    r"""The user-user co-occurrence graph of the **training** interactions (DualGNN,
+    DRAGON; :func:`~mambarec_pyg.data.graphs.user_cooccurrence_edges` gives the
+    definition).
+
+    For users :math:`u \ne v` with distinct training items :math:`\mathcal{I}_u,
+    \mathcal{I}_v`, :math:`c_{uv} = |\mathcal{I}_u \cap \mathcal{I}_v|`; each user
+    keeps the at most :math:`k` users with the largest :math:`c_{uv} > 0` (ties: the
+    lower id). Stores ``data['user', cooccurrence_relation(k), 'user']`` with
+    ``edge_index`` ``[2, E]`` (row 0 the neighbour :math:`v`, row 1 the user
+    :math:`u`; sorted by :math:`u`, then by descending count) and ``edge_weight``
+    :math:`c_{uv}` (float64).
+
+    Only ``data['user', 'interacts', 'item'].edge_index`` (the training split) is
+    read: validation and test interactions never enter the graph, and the cache key
+    depends on the training edges alone. MMRec ships no script for the split it
+    trains on (its ``dualgnn-gen-u-u-matrix.py`` also reads the ``x_label == 0``
+    rows, the training split); this is that graph, computed sparsely.
+
+    Args:
+        k (int): neighbours kept per user. (default: ``40``, DualGNN's and DRAGON's)
+    """
+
+    def __init__(self, k: int = 40) -> None:
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValueError(f'UserCooccurrence: k: expected a positive integer, got '
+                             f'{k!r}')
+        self.k = k
+
+    @property
+    def edge_type(self) -> EdgeType:
+        return ('user', cooccurrence_relation(self.k), 'user')
+
+    def outputs(self, data):
+        return [(self.edge_type, 'edge_index'), (self.edge_type, 'edge_weight')]
+
+    def inputs(self, data):
+        return [data[UI].edge_index]
+
+    def compute(self, data):
+        edge_index, count = user_cooccurrence_edges(
+            data[UI].edge_index, int(data['user'].num_nodes),
+            int(data['item'].num_nodes), self.k)
+        return {self.edge_type: {'edge_index': edge_index, 'edge_weight': count}}
+
+    def __repr__(self) -> str:
+        return f'UserCooccurrence(k={self.k})'
 
 
 def apply_transforms(data, transforms: Sequence[GraphTransform],

@@ -24,10 +24,16 @@ from .bm3 import BM3, BM3Config  # noqa: E402
 from .mmgcn import MMGCN, MMGCNConfig  # noqa: E402
 from .grcn import GRCN, GRCNConfig  # noqa: E402
 from .mgcn import MGCN, MGCNConfig  # noqa: E402
+from .layergcn import LayerGCN, LayerGCNConfig  # noqa: E402
+from .selfcf import SelfCF, SelfCFConfig  # noqa: E402
+from .dualgnn import DualGNN, DualGNNConfig  # noqa: E402
+from .dragon import DRAGON, DRAGONConfig  # noqa: E402
 from .smore import SMORE, SMOREConfig  # noqa: E402
 from .mambarec import MambaRec, MambaRecConfig, MambaRecOutput  # noqa: E402
 
 __all__ = ['Recommender', 'register', 'get_model_class', 'get_config_class',
            'list_models', 'check_data', 'MambaRec', 'MambaRecConfig',
            'MambaRecOutput', 'Popularity', 'PopularityConfig', 'BPR', 'BPRConfig',
-           'LightGCN', 'LightGCNConfig', 'MGCN', 'MGCNConfig']
+           'LightGCN', 'LightGCNConfig', 'MGCN', 'MGCNConfig', 'LayerGCN',
+           'LayerGCNConfig', 'SelfCF', 'SelfCFConfig',
+           'DualGNN', 'DualGNNConfig', 'DRAGON', 'DRAGONConfig']

@@ -94,10 +94,11 @@ from ..data.sampling import BPRBatch
 from ..data.transforms import ItemKNN, UserItemNorm
 from ..nn.conv import LightGCNPropagation, WeightedPropagation
 from ..nn.losses import bpr_loss
+from ..nn.pruning import degree_sensitive_sample, num_kept_edges, pruned_adjacency
 from .base import Recommender, SparseGraphs, user_item_matrices
 from .registry import register
 
-__all__ = ['FREEDOM', 'FREEDOMConfig', 'modality_weights']
+__all__ = ['FREEDOM', 'FREEDOMConfig', 'modality_weights', 'mixed_item_graph']
 
 #: MMRec's degree epsilon of the re-normalised pruned graph.
 _DEGREE_EPS = 1e-7
@@ -158,6 +159,25 @@ def modality_weights(modalities, image_weight: float) -> Dict[str, float]:
     return {m: image_weight if m == 'image' else rest for m in modalities}
 
 
+def mixed_item_graph(data, modalities, knn_k: int, image_weight: float,
+                     dtype: Optional[torch.dtype] = None) -> Tensor:
+    r""":math:`\mathbf{S} = \sum_m \alpha_m \mathbf{S}_m` as one CSR matrix (rows
+    are targets): the sparse sum of the binary kNN graphs of ``data``
+    (:class:`~mambarec_pyg.data.transforms.ItemKNN` with ``weighting='binary'``,
+    ``k = knn_k``) with the weights of :func:`modality_weights` (FREEDOM's and
+    DRAGON's frozen item-item graph)."""
+    knn = ItemKNN(knn_k, 'binary')
+    weights = modality_weights(modalities, image_weight)
+    edges, values = [], []
+    for m in modalities:
+        store = data[knn.edge_type(m)]
+        edges.append(store.edge_index.cpu())
+        values.append(weights[m] * store.edge_weight.cpu().double())
+    n = int(data['item'].num_nodes)
+    return sparse_from_edges(torch.cat(edges, dim=1), torch.cat(values), (n, n),
+                             dtype=dtype or torch.get_default_dtype(), layout='csr')
+
+
 @register('freedom')
 class FREEDOM(Recommender):
     """FREEDOM: a frozen item-item graph and a degree-pruned user-item graph (see the
@@ -205,18 +225,8 @@ class FREEDOM(Recommender):
             self.to(device)
 
     def _mixed_item_graph(self, data, dtype: torch.dtype) -> Tensor:
-        """:math:`\\mathbf{S} = \\sum_m \\alpha_m \\mathbf{S}_m` as one CSR matrix
-        (rows are targets), a sparse sum of the data's kNN graphs."""
-        knn = ItemKNN(self.config.knn_k, 'binary')
-        weights = modality_weights(self.modalities, self.config.mm_image_weight)
-        edges, values = [], []
-        for m in self.modalities:
-            store = data[knn.edge_type(m)]
-            edges.append(store.edge_index.cpu())
-            values.append(weights[m] * store.edge_weight.cpu().double())
-        n = self.num_items
-        return sparse_from_edges(torch.cat(edges, dim=1), torch.cat(values), (n, n),
-                                 dtype=dtype, layout='csr')
+        return mixed_item_graph(data, self.modalities, self.config.knn_k,
+                                self.config.mm_image_weight, dtype)
 
     def reset_parameters(self) -> None:
         """Xavier-uniform ID embeddings, PyTorch's default for the projections (the
@@ -230,29 +240,20 @@ class FREEDOM(Recommender):
     @property
     def num_kept_edges(self) -> int:
         """:math:`\\lfloor |E| (1 - p) \\rfloor` (computed like MMRec, at least 1)."""
-        return max(1, int(self.edge_weight.numel() * (1.0 - self.config.dropout)))
+        return num_kept_edges(self.edge_weight.numel(), self.config.dropout)
 
     def sample_edges(self, generator: Optional[torch.Generator] = None) -> Tensor:
         """Ids (into :attr:`edge_user` / :attr:`edge_item`) of the kept edges, drawn
         without replacement with probability proportional to
         :math:`1/\\sqrt{d_u d_i}`, in ascending order."""
-        keep = torch.multinomial(self.edge_weight, self.num_kept_edges,
-                                 replacement=False, generator=generator)
-        return keep.sort().values
+        return degree_sensitive_sample(self.edge_weight, self.num_kept_edges, generator)
 
     def pruned_adjacency(self, keep: Tensor) -> Tensor:
         """The re-normalised, mirrored ``[U+N, U+N]`` CSR adjacency of the kept
         edges ``keep``."""
-        user, item = self.edge_user[keep], self.edge_item[keep]
-        deg_user = torch.bincount(user, minlength=self.num_users).double() + _DEGREE_EPS
-        deg_item = torch.bincount(item, minlength=self.num_items).double() + _DEGREE_EPS
-        value = deg_user[user].rsqrt() * deg_item[item].rsqrt()
-        item_node = item + self.num_users
-        n = self.num_users + self.num_items
-        edge_index = torch.stack([torch.cat([item_node, user]),
-                                  torch.cat([user, item_node])])
-        return sparse_from_edges(edge_index, torch.cat([value, value]), (n, n),
-                                 dtype=self.user_embedding.weight.dtype, layout='csr')
+        return pruned_adjacency(self.edge_user[keep], self.edge_item[keep],
+                                self.num_users, self.num_items, _DEGREE_EPS,
+                                self.user_embedding.weight.dtype)
 
     def on_epoch_start(self, epoch: int) -> None:
         """Prune the user-item graph for this epoch (the generator's seed is drawn

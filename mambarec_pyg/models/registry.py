@@ -22,7 +22,9 @@ _LOADED = False
 #: The built-in models in the order of the paper's Table 2 (most-popular first);
 #: ``list_models`` lists them so, then any other registered model.
 PAPER_ORDER = ('popularity', 'bpr', 'lightgcn', 'vbpr', 'mmgcn', 'grcn', 'slmrec',
-               'freedom', 'mgcn', 'lgmrec', 'bm3', 'smore', 'mambarec')
+               'freedom', 'mgcn', 'lgmrec', 'bm3', 'dualgnn', 'dragon', 'layergcn',
+               'selfcf', 'smore',
+               'mambarec')
 
 
 def _load_builtin() -> None:
