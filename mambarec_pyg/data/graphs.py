@@ -21,7 +21,9 @@ graphs on the data, where the models find them; they are also usable on their ow
 * :func:`user_cooccurrence_edges` -- each user's top-:math:`k` co-occurring users in
   the training interactions, with their counts (the user-user graph of
   `"DualGNN" <https://doi.org/10.1109/TMM.2021.3138298>`_ and
-  `"DRAGON" <https://arxiv.org/abs/2301.12097>`_).
+  `"DRAGON" <https://arxiv.org/abs/2301.12097>`_);
+* :func:`principal_graph_edges` -- PGL's global principal graph, a low-rank rebuild
+  of the normalised user-item adjacency from its leading singular vectors.
 
 Both return sparse matrices ready for :func:`torch_geometric.utils.spmm`: a
 :class:`torch_sparse.SparseTensor` when ``torch-sparse`` is installed
@@ -46,7 +48,8 @@ from .errors import DataError
 
 __all__ = ['normalized_adjacency', 'item_item_graph', 'UserItemGraph', 'to_sparse',
            'knn_edges', 'user_item_weights', 'sparse_from_edges',
-           'user_cooccurrence_edges', 'LAYOUTS', 'WEIGHTINGS']
+           'user_cooccurrence_edges', 'principal_graph_edges', 'LAYOUTS',
+           'WEIGHTINGS']
 
 #: Sparse layouts the builders can return.
 LAYOUTS = ('auto', 'csr', 'coo', 'sparse_tensor')
@@ -446,3 +449,96 @@ def user_cooccurrence_edges(edge_index: Tensor, num_users: int, num_items: int,
                              else np.zeros(0))
     device = edge_index.device
     return torch.stack([src, dst]).to(device), count.to(device)
+
+
+#: Share of the leading and of the trailing singular values PGL pairs.
+PRINCIPAL_FRACTION = 0.25
+#: Entries of the principal graph below this magnitude are dropped (PGL's 1e-3).
+PRINCIPAL_THRESHOLD = 1e-3
+
+
+def principal_graph_edges(edge_index: Tensor, num_users: int, num_items: int,
+                          rank: int = 64, *, fraction: float = PRINCIPAL_FRACTION,
+                          threshold: float = PRINCIPAL_THRESHOLD,
+                          block_entries: int = COOCCURRENCE_BLOCK
+                          ) -> Tuple[Tensor, Tensor]:
+    r"""PGL's global principal graph (`"Mind Individual Information! Principal
+    Graph Learning for Multimedia Recommendation"
+    <https://github.com/demonph10/PGL>`_, AAAI 2025): a low-rank rebuild of the
+    normalised user-item adjacency from its leading singular vectors.
+
+    With :math:`\hat{\mathbf{A}} = \sum_i s_i \mathbf{u}_i \mathbf{v}_i^\top` the
+    :math:`r` largest singular triplets (``rank``, :math:`s_1 \ge \dots \ge s_r`) of
+    the normalised :math:`(U+N) \times (U+N)` adjacency
+    (:func:`normalized_adjacency`) and :math:`n = \lfloor \texttt{fraction}\cdot r
+    \rfloor`,
+
+    .. math::
+        \mathbf{P} = \sum_{i=1}^{n} s_i\, s_{r - n + i}\; \mathbf{u}_i
+        \mathbf{v}_i^\top, \qquad \text{entries with } |\mathbf{P}_{ab}| <
+        \texttt{threshold} \text{ dropped}:
+
+    the :math:`i`-th leading direction weighted by the product of its singular value
+    and the :math:`i`-th of the trailing quarter, as PGL's code computes it (MMRec's
+    ``global_subgraph_extraction``). :math:`\hat{\mathbf{A}}` is symmetric, so its
+    singular triplets come from its eigenpairs (:math:`s_i = |\lambda_i|`,
+    :math:`\mathbf{v}_i = \mathrm{sign}(\lambda_i)\mathbf{u}_i`; scipy's ``eigsh``
+    with a fixed start vector, or a dense ``eigh`` for small graphs) and
+    :math:`\mathbf{P}` is symmetric. It is formed in row blocks of about
+    ``block_entries`` entries, so no dense :math:`(U+N)^2` matrix is held.
+
+    Args:
+        edge_index: the **training** interactions ``[2, E]`` (users, items).
+        num_users: :math:`U`.
+        num_items: :math:`N`.
+        rank: :math:`r`, the number of singular triplets (PGL: the embedding size).
+        fraction: the share of :math:`r` paired (:math:`n`).
+        threshold: the smallest magnitude kept.
+        block_entries: the bound on the entries of one dense block.
+
+    Returns:
+        ``(edge_index [2, E'], weight [E'])`` over the :math:`U + N` nodes (users
+        first; row 0 the source :math:`b`, row 1 the target :math:`a`, weight
+        :math:`\mathbf{P}_{ab}`), sorted by target, then source; float64.
+    """
+    import numpy as np
+    import scipy.sparse as sp
+
+    edge_index = _check_edge_index(edge_index, num_users, num_items,
+                                   'principal_graph_edges')
+    n_nodes = num_users + num_items
+    if not isinstance(rank, int) or isinstance(rank, bool) or not 1 <= rank <= n_nodes:
+        raise DataError(f'principal_graph_edges: expected 1 <= rank <= U + N = '
+                        f'{n_nodes}, got rank={rank!r}')
+    n = int(fraction * rank)
+    if n < 1:
+        raise DataError(f'principal_graph_edges: fraction * rank = {fraction * rank} '
+                        f'pairs no singular value; expected at least 1')
+    adj = normalized_adjacency(edge_index.cpu(), num_users, num_items,
+                               dtype=torch.float64, layout='coo').adj.coalesce()
+    row, col = adj.indices().numpy()
+    a = sp.csr_matrix((adj.values().numpy(), (row, col)), shape=(n_nodes, n_nodes))
+    if rank >= n_nodes - 1:  # eigsh needs rank < n: small graphs, dense
+        lam, q = np.linalg.eigh(a.toarray())
+    else:
+        from scipy.sparse.linalg import eigsh
+        lam, q = eigsh(a, k=rank, which='LM', v0=np.ones(n_nodes))
+    order = np.argsort(-np.abs(lam), kind='stable')[:rank]
+    lam, q = lam[order], q[:, order]
+    s = np.abs(lam)
+    weight = s[:n] * s[rank - n:rank] * np.sign(lam[:n])
+    left = q[:, :n] * weight  # P = left @ q[:, :n].T
+    right_t = np.ascontiguousarray(q[:, :n].T)
+    rows = max(1, block_entries // n_nodes)
+    srcs, dsts, values = [], [], []
+    for start in range(0, n_nodes, rows):
+        block = left[start:start + rows] @ right_t
+        r, c = np.nonzero(np.abs(block) >= threshold)
+        dsts.append(r + start)
+        srcs.append(c)
+        values.append(block[r, c])
+    src = torch.from_numpy(np.concatenate(srcs).astype(np.int64))
+    dst = torch.from_numpy(np.concatenate(dsts).astype(np.int64))
+    value = torch.from_numpy(np.concatenate(values).astype(np.float64))
+    device = edge_index.device
+    return torch.stack([src, dst]).to(device), value.to(device)

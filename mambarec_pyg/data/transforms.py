@@ -16,7 +16,10 @@ or shared between models:
 * :class:`UserCooccurrence` -- each user's top-:math:`k` co-occurring users in the
   **training** interactions, as the edge type ``('user', cooccurrence_relation(k),
   'user')`` with ``edge_index`` (neighbour -> user) and ``edge_weight`` (the number
-  of shared items): the user-user graph of DualGNN and DRAGON.
+  of shared items): the user-user graph of DualGNN and DRAGON;
+* :class:`PrincipalGraph` -- PGL's global principal graph, a low-rank rebuild of the
+  normalised user-item adjacency from the training interactions, as four edge types
+  ``(src, principal_relation(rank), dst)`` (user and item blocks).
 
 A transform returns a shallow copy of the data with the new edge types (the input is
 not modified) and does nothing when they are already there. Weights are stored in
@@ -46,11 +49,12 @@ from torch_geometric.transforms import BaseTransform
 from ..io import atomic_path
 from ..utils import cached_on, tensor_fingerprint
 from .errors import DataError
-from .graphs import (WEIGHTINGS, knn_edges, user_cooccurrence_edges,
-                     user_item_weights)
+from .graphs import (WEIGHTINGS, knn_edges, principal_graph_edges,
+                     sparse_from_edges, user_cooccurrence_edges, user_item_weights)
 from .index import UI, training_index
 
 __all__ = ['GraphTransform', 'UserItemNorm', 'ItemKNN', 'UserCooccurrence',
+           'PrincipalGraph', 'principal_relation',
            'apply_transforms', 'knn_relation', 'cooccurrence_relation', 'content_hash']
 
 EdgeType = Tuple[str, str, str]
@@ -68,6 +72,16 @@ def knn_relation(modality: str, k: int = 10, weighting: str = 'similarity') -> s
 def cooccurrence_relation(k: int = 40) -> str:
     """The relation name of a user co-occurrence graph: ``cooccur40``."""
     return f'cooccur{k}'
+
+
+def principal_relation(rank: int = 64) -> str:
+    """The relation name of PGL's principal graph: ``principal64``."""
+    return f'principal{rank}'
+
+
+#: The ``(source, target)`` node types of the blocks of :class:`PrincipalGraph`.
+PRINCIPAL_BLOCKS = (('user', 'item'), ('item', 'user'), ('user', 'user'),
+                    ('item', 'item'))
 
 
 def content_hash(t: Tensor) -> str:
@@ -272,6 +286,76 @@ class UserCooccurrence(GraphTransform):
 
     def __repr__(self) -> str:
         return f'UserCooccurrence(k={self.k})'
+
+
+class PrincipalGraph(GraphTransform):
+    r"""PGL's global principal graph of the **training** interactions
+    (:func:`~mambarec_pyg.data.graphs.principal_graph_edges` gives the definition):
+    a low-rank rebuild :math:`\mathbf{P}` of the normalised user-item adjacency from
+    its ``rank`` leading singular triplets, small entries dropped.
+
+    :math:`\mathbf{P}` lives on all :math:`U + N` nodes, so it is stored as four
+    edge types ``(src, principal_relation(rank), dst)`` for ``src, dst`` in
+    ``user``, ``item`` (:data:`PRINCIPAL_BLOCKS`), each with ``edge_index`` (row 0
+    the source, row 1 the target, ids within their node type) and ``edge_weight``
+    (float64); for the bipartite adjacency the user-user and item-item blocks are
+    (numerically) empty. :meth:`adjacency` puts the blocks back together.
+
+    Args:
+        rank (int): the number of singular triplets. (default: ``64``, PGL's
+            embedding size)
+    """
+
+    def __init__(self, rank: int = 64) -> None:
+        if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+            raise ValueError(f'PrincipalGraph: rank: expected a positive integer, got '
+                             f'{rank!r}')
+        self.rank = rank
+
+    def edge_type(self, src: str, dst: str) -> EdgeType:
+        return (src, principal_relation(self.rank), dst)
+
+    def outputs(self, data):
+        return [(self.edge_type(s, d), a) for s, d in PRINCIPAL_BLOCKS
+                for a in ('edge_index', 'edge_weight')]
+
+    def inputs(self, data):
+        return [data[UI].edge_index]
+
+    def compute(self, data):
+        num_users = int(data['user'].num_nodes)
+        edge_index, weight = principal_graph_edges(
+            data[UI].edge_index, num_users, int(data['item'].num_nodes), self.rank)
+        src, dst = edge_index
+        out = {}
+        for s, d in PRINCIPAL_BLOCKS:
+            keep = ((src >= num_users) == (s == 'item')) & \
+                ((dst >= num_users) == (d == 'item'))
+            shift = torch.tensor([[num_users if s == 'item' else 0],
+                                  [num_users if d == 'item' else 0]],
+                                 device=edge_index.device)
+            out[self.edge_type(s, d)] = {'edge_index': edge_index[:, keep] - shift,
+                                         'edge_weight': weight[keep]}
+        return out
+
+    def adjacency(self, data, dtype: Optional[torch.dtype] = None):
+        r""":math:`\mathbf{P}` as one ``[U + N, U + N]`` CSR matrix (rows are
+        targets, users first) from the blocks on ``data``."""
+        num_users = int(data['user'].num_nodes)
+        n = num_users + int(data['item'].num_nodes)
+        edges, weights = [], []
+        for s, d in PRINCIPAL_BLOCKS:
+            store = data[self.edge_type(s, d)]
+            shift = torch.tensor([[num_users if s == 'item' else 0],
+                                  [num_users if d == 'item' else 0]])
+            edges.append(store.edge_index.cpu() + shift)
+            weights.append(store.edge_weight.cpu())
+        return sparse_from_edges(torch.cat(edges, dim=1), torch.cat(weights), (n, n),
+                                 dtype=dtype or torch.get_default_dtype(),
+                                 layout='csr')
+
+    def __repr__(self) -> str:
+        return f'PrincipalGraph(rank={self.rank})'
 
 
 def apply_transforms(data, transforms: Sequence[GraphTransform],
