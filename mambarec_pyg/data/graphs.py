@@ -23,7 +23,9 @@ graphs on the data, where the models find them; they are also usable on their ow
   `"DualGNN" <https://doi.org/10.1109/TMM.2021.3138298>`_ and
   `"DRAGON" <https://arxiv.org/abs/2301.12097>`_);
 * :func:`principal_graph_edges` -- PGL's global principal graph, a low-rank rebuild
-  of the normalised user-item adjacency from its leading singular vectors.
+  of the normalised user-item adjacency from its leading singular vectors;
+* :func:`denoised_knn_edges` -- DA-MRS's kNN item graphs on the pairs similar in
+  every modality; :func:`binary_graph_weights` -- degree-normalised binary weights.
 
 Both return sparse matrices ready for :func:`torch_geometric.utils.spmm`: a
 :class:`torch_sparse.SparseTensor` when ``torch-sparse`` is installed
@@ -35,8 +37,9 @@ are the exact :math:`1/\sqrt{\cdot}` of the degrees rounded once.
 """
 from __future__ import annotations
 
+import math
 import warnings
-from typing import NamedTuple, Optional, Tuple, Union
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -48,8 +51,8 @@ from .errors import DataError
 
 __all__ = ['normalized_adjacency', 'item_item_graph', 'UserItemGraph', 'to_sparse',
            'knn_edges', 'user_item_weights', 'sparse_from_edges',
-           'user_cooccurrence_edges', 'principal_graph_edges', 'LAYOUTS',
-           'WEIGHTINGS']
+           'user_cooccurrence_edges', 'principal_graph_edges', 'denoised_knn_edges',
+           'binary_graph_weights', 'LAYOUTS', 'WEIGHTINGS']
 
 #: Sparse layouts the builders can return.
 LAYOUTS = ('auto', 'csr', 'coo', 'sparse_tensor')
@@ -542,3 +545,89 @@ def principal_graph_edges(edge_index: Tensor, num_users: int, num_items: int,
     value = torch.from_numpy(np.concatenate(values).astype(np.float64))
     device = edge_index.device
     return torch.stack([src, dst]).to(device), value.to(device)
+
+
+def binary_graph_weights(edge_index: Tensor, num_nodes: int) -> Tensor:
+    r"""The weights of a binary graph normalised with its row degrees,
+
+    .. math::
+        w_{ji} = \frac{1}{\sqrt{d_i\, d_j}}, \qquad d_i = |\{j : j \to i\}|,
+
+    for the edges :math:`j \to i` of ``edge_index`` (``[2, E]``: sources, targets;
+    distinct edges), as MMRec's ``compute_normalized_laplacian`` (the row sum of the
+    target serves both ends; a node without incoming edges has degree 0 and adds
+    nothing). Returns float64 ``[E]``.
+    """
+    deg = torch.bincount(edge_index[1], minlength=num_nodes).double()
+    inv = _inv_sqrt(deg)
+    return inv[edge_index[1]] * inv[edge_index[0]]
+
+
+def denoised_knn_edges(features: Sequence[Tensor], k: int = 10, *,
+                       chunk_size: Optional[int] = None
+                       ) -> List[Tuple[Tensor, Tensor]]:
+    r"""DA-MRS's denoised kNN item-item graphs (`"Improving Multi-modal
+    Recommender Systems by Denoising and Aligning Multi-modal Content and User
+    Feedback" <https://github.com/XMUDM/DA-MRS>`_, Xv et al., KDD 2024): one graph
+    per modality, on the item pairs that are similar in **every** modality.
+
+    With :math:`s^m_{ij}` the cosine similarity of the raw features of modality
+    :math:`m` and :math:`\bar s^m` its mean over all :math:`N^2` pairs, the pair
+    :math:`(i, j)` is a candidate when :math:`s^m_{ij} \ge \bar s^m` for every
+    :math:`m`. Item :math:`i` keeps, in each modality, its :math:`\min(k, c_i)`
+    candidates of largest :math:`s^m_{ij}` (:math:`c_i` its number of candidates;
+    ties: the lower id), with binary weights normalised by the row degrees
+    (:func:`binary_graph_weights`). The modality graphs share their candidates but
+    not their neighbours.
+
+    Similarities are computed in the features' dtype, ``chunk_size`` rows at a time
+    (no :math:`N \times N` matrix is held); the mean of a modality's similarities is
+    :math:`\|\sum_i \hat x_i\|^2 / N^2` of its L2-normalised rows
+    :math:`\hat x_i`. An all-zero feature row has similarity 0 to every item.
+
+    Args:
+        features: one ``[N, D_m]`` table per modality (finite values).
+        k: neighbours kept per item at most, itself included.
+        chunk_size: rows per similarity block (default: about 8M entries).
+
+    Returns:
+        per modality, ``(edge_index [2, E_m], edge_weight [E_m])``:
+        ``edge_index[0]`` the neighbour (source), ``edge_index[1]`` the item (target);
+        sorted by target, then source; weights float64.
+    """
+    if len(features) == 0:
+        raise DataError('denoised_knn_edges: expected at least one feature table')
+    tables = [_check_features(x, k, 'denoised_knn_edges') for x in features]
+    n = tables[0].size(0)
+    if any(x.size(0) != n for x in tables):
+        raise DataError(f'denoised_knn_edges: expected feature tables with the same '
+                        f'number of rows, got {[x.size(0) for x in tables]}')
+    normed, means = [], []
+    for x in tables:
+        x = x.detach()
+        norm = x.norm(dim=1, keepdim=True)
+        xn = torch.where(norm > 0, x / norm.clamp(min=torch.finfo(x.dtype).tiny),
+                         torch.zeros_like(x))
+        normed.append(xn)
+        means.append(float(xn.double().sum(0).square().sum()) / (n * n))
+    if chunk_size is None:
+        chunk_size = max(1, min(n, (1 << 23) // max(n, 1)))
+    kept: List[List[Tuple[Tensor, Tensor]]] = [[] for _ in tables]
+    for start in range(0, n, chunk_size):
+        sims = [xn[start:start + chunk_size] @ xn.t() for xn in normed]
+        mask = sims[0] < means[0]
+        for sim, mean in zip(sims[1:], means[1:]):
+            mask |= sim < mean
+        rows = torch.arange(start, start + sims[0].size(0),
+                            device=sims[0].device).repeat_interleave(k)
+        for m, sim in enumerate(sims):
+            cols, vals = _topk_lowest_index(sim.masked_fill(mask, -math.inf), k)
+            finite = torch.isfinite(vals)
+            kept[m].append((rows[finite], cols[finite]))
+    out = []
+    for pieces in kept:
+        row = torch.cat([r for r, _ in pieces])
+        col = torch.cat([c for _, c in pieces])
+        edge_index = torch.stack([col, row])
+        out.append((edge_index, binary_graph_weights(edge_index, n)))
+    return out

@@ -19,7 +19,10 @@ or shared between models:
   of shared items): the user-user graph of DualGNN and DRAGON;
 * :class:`PrincipalGraph` -- PGL's global principal graph, a low-rank rebuild of the
   normalised user-item adjacency from the training interactions, as four edge types
-  ``(src, principal_relation(rank), dst)`` (user and item blocks).
+  ``(src, principal_relation(rank), dst)`` (user and item blocks);
+* :class:`ItemCooccurrence` -- each item's top-:math:`k` co-occurring items in the
+  training interactions (DA-MRS's behaviour graph); :class:`DenoisedItemKNN` --
+  DA-MRS's kNN graphs on the item pairs similar in every modality.
 
 A transform returns a shallow copy of the data with the new edge types (the input is
 not modified) and does nothing when they are already there. Weights are stored in
@@ -49,12 +52,14 @@ from torch_geometric.transforms import BaseTransform
 from ..io import atomic_path
 from ..utils import cached_on, tensor_fingerprint
 from .errors import DataError
-from .graphs import (WEIGHTINGS, knn_edges, principal_graph_edges,
-                     sparse_from_edges, user_cooccurrence_edges, user_item_weights)
+from .graphs import (WEIGHTINGS, denoised_knn_edges, knn_edges,
+                     principal_graph_edges, sparse_from_edges, user_cooccurrence_edges,
+                     user_item_weights)
 from .index import UI, training_index
 
 __all__ = ['GraphTransform', 'UserItemNorm', 'ItemKNN', 'UserCooccurrence',
-           'PrincipalGraph', 'principal_relation',
+           'PrincipalGraph', 'principal_relation', 'ItemCooccurrence',
+           'DenoisedItemKNN', 'denoised_knn_relation',
            'apply_transforms', 'knn_relation', 'cooccurrence_relation', 'content_hash']
 
 EdgeType = Tuple[str, str, str]
@@ -72,6 +77,11 @@ def knn_relation(modality: str, k: int = 10, weighting: str = 'similarity') -> s
 def cooccurrence_relation(k: int = 40) -> str:
     """The relation name of a user co-occurrence graph: ``cooccur40``."""
     return f'cooccur{k}'
+
+
+def denoised_knn_relation(modality: str, k: int = 10) -> str:
+    """The relation name of a denoised kNN graph (DA-MRS): ``dknn10_image``."""
+    return f'dknn{k}_{modality}'
 
 
 def principal_relation(rank: int = 64) -> str:
@@ -286,6 +296,102 @@ class UserCooccurrence(GraphTransform):
 
     def __repr__(self) -> str:
         return f'UserCooccurrence(k={self.k})'
+
+
+class ItemCooccurrence(GraphTransform):
+    r"""The item-item co-occurrence graph of the **training** interactions (DA-MRS's
+    behaviour graph, its ``build_iib_graph.py``).
+
+    For items :math:`i \ne j` with distinct training users :math:`\mathcal{U}_i,
+    \mathcal{U}_j`, :math:`c_{ij} = |\mathcal{U}_i \cap \mathcal{U}_j|`; each item
+    keeps the at most :math:`k` items with the largest :math:`c_{ij} \ge`
+    ``min_count`` (ties: the lower id). Stores ``data['item', relation, 'item']``
+    (``cooccur{k}``, with ``_min{c}`` for ``min_count`` above 1) with ``edge_index``
+    (row 0 the neighbour, row 1 the item) and ``edge_weight`` :math:`c_{ij}`
+    (float64). It is :func:`~mambarec_pyg.data.graphs.user_cooccurrence_edges` with
+    the roles of users and items swapped; only the training split is read.
+
+    Args:
+        k (int): neighbours kept per item. (default: ``2``, MMRec's
+            ``item_graph_dict_2.npy``)
+        min_count (int): the fewest shared users of a kept pair. (default: ``2``,
+            DA-MRS's)
+    """
+
+    def __init__(self, k: int = 2, min_count: int = 2) -> None:
+        for name, value in (('k', k), ('min_count', min_count)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f'ItemCooccurrence: {name}: expected a positive '
+                                 f'integer, got {value!r}')
+        self.k, self.min_count = k, min_count
+
+    @property
+    def edge_type(self) -> EdgeType:
+        suffix = f'_min{self.min_count}' if self.min_count > 1 else ''
+        return ('item', cooccurrence_relation(self.k) + suffix, 'item')
+
+    def outputs(self, data):
+        return [(self.edge_type, 'edge_index'), (self.edge_type, 'edge_weight')]
+
+    def inputs(self, data):
+        return [data[UI].edge_index]
+
+    def compute(self, data):
+        # the top k by count come first, so dropping small counts afterwards keeps
+        # the top k of the counts >= min_count
+        edge_index, count = user_cooccurrence_edges(
+            data[UI].edge_index.flip(0), int(data['item'].num_nodes),
+            int(data['user'].num_nodes), self.k)
+        keep = count >= self.min_count
+        return {self.edge_type: {'edge_index': edge_index[:, keep],
+                                 'edge_weight': count[keep]}}
+
+    def __repr__(self) -> str:
+        return f'ItemCooccurrence(k={self.k}, min_count={self.min_count})'
+
+
+class DenoisedItemKNN(GraphTransform):
+    r"""DA-MRS's denoised kNN item-item graphs, one per modality, on the item pairs
+    similar (above the modality's mean cosine similarity) in every modality
+    (:func:`~mambarec_pyg.data.graphs.denoised_knn_edges` gives the definition).
+
+    Stores ``data['item', denoised_knn_relation(m, k), 'item']`` with
+    ``edge_index`` (row 0 the neighbour, row 1 the item) and ``edge_weight``
+    (binary, normalised by the row degrees; float64). Every modality's graph depends
+    on all the modalities used.
+
+    Args:
+        k (int): neighbours per item at most, itself included. (default: ``10``)
+        modalities (sequence of str, optional): which modalities (default: all of
+            ``data.modalities``).
+    """
+
+    def __init__(self, k: int = 10, modalities: Optional[Sequence[str]] = None) -> None:
+        self.k = int(k)
+        self.modalities = None if modalities is None else tuple(modalities)
+
+    def _modalities(self, data) -> Tuple[str, ...]:
+        return ItemKNN._modalities(self, data)
+
+    def edge_type(self, modality: str) -> EdgeType:
+        return ('item', denoised_knn_relation(modality, self.k), 'item')
+
+    def outputs(self, data):
+        return [(self.edge_type(m), a) for m in self._modalities(data)
+                for a in ('edge_index', 'edge_weight')]
+
+    def inputs(self, data):
+        return [data['item'][m] for m in self._modalities(data)]
+
+    def compute(self, data):
+        mods = self._modalities(data)
+        graphs = denoised_knn_edges([data['item'][m] for m in mods], self.k)
+        return {self.edge_type(m): {'edge_index': ei, 'edge_weight': w}
+                for m, (ei, w) in zip(mods, graphs)}
+
+    def __repr__(self) -> str:
+        mods = '' if self.modalities is None else f', modalities={self.modalities}'
+        return f'DenoisedItemKNN(k={self.k}{mods})'
 
 
 class PrincipalGraph(GraphTransform):

@@ -31,6 +31,7 @@ from .dragon import DRAGON, DRAGONConfig  # noqa: E402
 from .smore import SMORE, SMOREConfig  # noqa: E402
 from .mmgcf import MMGCF, MMGCFConfig  # noqa: E402
 from .pgl import PGL, PGLConfig  # noqa: E402
+from .damrs import DAMRS, DAMRSConfig  # noqa: E402
 from .mambarec import MambaRec, MambaRecConfig, MambaRecOutput  # noqa: E402
 
 __all__ = ['Recommender', 'register', 'get_model_class', 'get_config_class',

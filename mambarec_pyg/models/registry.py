@@ -23,7 +23,7 @@ _LOADED = False
 #: ``list_models`` lists them so, then any other registered model.
 PAPER_ORDER = ('popularity', 'bpr', 'lightgcn', 'vbpr', 'mmgcn', 'grcn', 'slmrec',
                'freedom', 'mgcn', 'lgmrec', 'bm3', 'dualgnn', 'dragon', 'layergcn',
-               'selfcf', 'smore', 'pgl', 'mmgcf',
+               'selfcf', 'smore', 'pgl', 'damrs', 'mmgcf',
                'mambarec')
 
 
