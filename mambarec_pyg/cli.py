@@ -706,21 +706,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _main(argv: List[str]) -> int:
-    from .config import ConfigError as _ConfigError
     try:
         parser = build_parser(_model_name(argv))
-    except _ConfigError as e:  # an unknown --model.name
+    except ConfigError as e:  # an unknown --model.name
         print(f'mambarec: error: {e}', file=sys.stderr)
         return 2
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse: --help (0) or a usage error (2)
         return int(e.code or 0)
-    from .data.errors import DataError
-    from .data.sampling import NegativeSamplingError
-    from .train.checkpoint import CheckpointError
-    from .train.rundir import RunDirectoryBusy
-    from .train.trainer import TrainingDivergedError
+    from . import errors  # the package's own error base (not a model's name)
     try:
         return args.func(args)
     except ConfigError as e:
@@ -732,8 +727,7 @@ def _main(argv: List[str]) -> int:
             args._parser.print_usage(sys.stderr)
         print(f'mambarec {args.command}: error: {e}', file=sys.stderr)
         return e.code
-    except (DataError, NegativeSamplingError, TrainingDivergedError, CheckpointError,
-            RunDirectoryBusy, FileNotFoundError, PermissionError, ValueError,
+    except (errors.MambaRecError, FileNotFoundError, PermissionError, ValueError,
             OSError) as e:
         print(f'mambarec {args.command}: error: {e}', file=sys.stderr)
         return 1

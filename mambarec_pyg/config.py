@@ -13,20 +13,28 @@ naming the field and what was expected. Dictionaries (from YAML or the command l
 go through :func:`from_dict`, which rejects unknown keys with the closest valid name;
 the ``model`` section is validated against the fields of the model its ``name``
 selects. Strings (command-line flags, grid values) are read by :func:`parse_text`.
+
+The model configs are found by name in a small registry here
+(:func:`model_config_class`), filled by :func:`mambarec_pyg.models.register`. A
+built-in model's module is imported the first time its name is asked for
+(:data:`BUILTIN_MODELS`), so this module imports no model, and a default
+:class:`Config` imports MambaRec's module alone.
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 import os
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Dict, Optional, Tuple, Type, TypeVar, Union
+from typing import Any, ClassVar, Dict, List, Optional, Tuple, Type, TypeVar, Union
 
 import yaml
 
+from .errors import ConfigError
 from .io import atomic_write_text
 from .utils import did_you_mean
 
@@ -35,11 +43,8 @@ T = TypeVar('T')
 __all__ = ['ConfigError', 'DataConfig', 'TrainConfig', 'ModelConfig', 'Config',
            'from_dict', 'to_dict', 'parse_text', 'describe_type', 'field_docs',
            'read_yaml', 'check_choice', 'check_positive_int', 'check_range',
-           'RESUMABLE_CHANGES']
-
-
-class ConfigError(ValueError):
-    """A configuration value or key is not what the library expects."""
+           'BUILTIN_MODELS', 'model_config_class', 'register_model_config',
+           'registered_models', 'load_builtin_model']
 
 
 #: Options that moved, with where they live now (named in the error message).
@@ -47,12 +52,6 @@ MOVED = {
     'train.cl_warmup_epochs': 'model.cl_warmup_epochs (an option of the mambarec '
                               'model: --model.cl-warmup-epochs N)',
 }
-
-#: Options that may change when a run is resumed; any other difference stops the
-#: resume with a message naming the field.
-RESUMABLE_CHANGES = ('train.max_epochs', 'train.patience', 'train.patience_warmup',
-                     'train.device', 'train.eval_batch_size', 'train.num_threads',
-                     'train.deterministic', 'train.checkpoint_interval_s')
 
 
 # ---------------------------------------------------------------------------------
@@ -195,9 +194,78 @@ class TrainConfig:
                               f"'cuda:N', got {dev!r}")
 
 
+# ---------------------------------------------------------------------------------
+# The model configs, by model name
+# ---------------------------------------------------------------------------------
+#: The built-in models in the order of the paper's Table 2 (most-popular first), each
+#: with the module (relative to this package) that defines and registers it. A module
+#: is imported the first time its model's name is asked for.
+BUILTIN_MODELS: Dict[str, str] = {
+    'popularity': '.models.popularity',
+    'bpr': '.models.bpr',
+    'lightgcn': '.models.lightgcn',
+    'vbpr': '.models.vbpr',
+    'mmgcn': '.models.mmgcn',
+    'grcn': '.models.grcn',
+    'slmrec': '.models.slmrec',
+    'freedom': '.models.freedom',
+    'mgcn': '.models.mgcn',
+    'lgmrec': '.models.lgmrec',
+    'bm3': '.models.bm3',
+    'dualgnn': '.models.dualgnn',
+    'dragon': '.models.dragon',
+    'layergcn': '.models.layergcn',
+    'selfcf': '.models.selfcf',
+    'smore': '.models.smore',
+    'pgl': '.models.pgl',
+    'damrs': '.models.damrs',
+    'mmgcf': '.models.mmgcf',
+    'mambarec': '.models.mambarec',
+}
+
+# model name -> its config dataclass, filled by register_model_config
+_MODEL_CONFIGS: Dict[str, Type['ModelConfig']] = {}
+
+
+def register_model_config(name: str, cls: Type['ModelConfig']) -> None:
+    """Record ``cls`` as the config dataclass of model ``name``; called by
+    :func:`mambarec_pyg.models.register`, which checks both."""
+    _MODEL_CONFIGS[name] = cls
+
+
+def load_builtin_model(name: str) -> None:
+    """Import the module of the built-in model ``name`` (which registers it); nothing
+    for other names."""
+    module = BUILTIN_MODELS.get(name)
+    if module is not None:
+        importlib.import_module(module, __package__)
+
+
+def registered_models() -> List[str]:
+    """Every registered model name (the built-in ones imported first), in
+    registration order."""
+    for name in BUILTIN_MODELS:
+        load_builtin_model(name)
+    return list(_MODEL_CONFIGS)
+
+
+def model_config_class(name: str) -> Type['ModelConfig']:
+    """The config dataclass of the registered model ``name``. Raises
+    :class:`ConfigError` naming the registered models (and the closest) for an
+    unknown name."""
+    if name not in _MODEL_CONFIGS:
+        load_builtin_model(name)
+    cls = _MODEL_CONFIGS.get(name)
+    if cls is None:
+        names = registered_models()
+        raise ConfigError(f'model.name: unknown model {name!r}'
+                          f'{did_you_mean(str(name), names)} (registered: '
+                          f'{", ".join(sorted(names))}; see `mambarec models`)')
+    return cls
+
+
 def _default_model_config() -> 'ModelConfig':
-    from .models.registry import get_config_class
-    return get_config_class('mambarec')()
+    return model_config_class('mambarec')()
 
 
 @dataclass
@@ -333,14 +401,13 @@ def from_dict(cls: Type[T], d: Dict[str, Any], path: str = '') -> T:
 
 
 def _model_config(d: Dict[str, Any], path: str, base: type) -> ModelConfig:
-    from .models.registry import get_config_class
     d = dict(d)
     name = d.pop('name', None)
     if name is None:
         name = base.name or 'mambarec'
     if not isinstance(name, str):
         raise ConfigError(f'{path}.name: expected a model name, got {name!r}')
-    cls = get_config_class(name)
+    cls = model_config_class(name)
     if base is not ModelConfig and base.name and cls is not base:
         raise ConfigError(f'{path}.name: expected {base.name!r} for '
                           f'{base.__name__}, got {name!r}')
@@ -559,11 +626,15 @@ def check_range(where: str, value: Any, low: Optional[float] = None,
 
 def __getattr__(name: str) -> Any:
     # Model config classes live with their models; ``from mambarec_pyg.config import
-    # MambaRecConfig`` keeps working.
+    # MambaRecConfig`` keeps working (the model's own module first, then every one).
     if name.endswith('Config') and name[:-6]:
-        from .models import registry
-        for model_name in registry.list_models():
-            cls = registry.get_config_class(model_name)
-            if cls.__name__ == name:
-                return cls
+        load_builtin_model(name[:-6].lower())  # LightGCNConfig: lightgcn's module
+        found = [c for c in _MODEL_CONFIGS.values() if c.__name__ == name] or \
+            [_MODEL_CONFIGS[n] for n in registered_models()
+             if _MODEL_CONFIGS[n].__name__ == name]
+        if found:
+            return found[0]
+    if name == 'RESUMABLE_CHANGES':  # the run-directory rule owns it now
+        from .train.rundir import RESUMABLE_CHANGES
+        return RESUMABLE_CHANGES
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

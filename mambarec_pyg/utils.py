@@ -15,6 +15,8 @@ import sys
 import weakref
 from typing import Any, Callable, Dict, Hashable, Iterable, Tuple, Union
 
+from .errors import ConfigError
+
 __all__ = ['did_you_mean', 'resolve_device', 'interactive', 'progress',
            'seed_everything', 'cached_on']
 
@@ -39,7 +41,6 @@ def resolve_device(device: Any = 'auto'):
     usable device (``'cpu'``, ``'cuda'``, ``'cuda:N'`` or a :class:`torch.device`)."""
     import torch
 
-    from .config import ConfigError
     if device is None or str(device) == 'auto':
         return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     try:

@@ -43,15 +43,12 @@ from typing import Iterator, Optional, Union
 import torch
 from torch import Tensor
 
+from ..errors import NegativeSamplingError
 from .errors import DataError
 from .index import TrainingIndex
 
 __all__ = ['sample_negatives', 'TrainingPairs', 'BPRBatch', 'BatchShard',
            'NegativeSamplingError']
-
-
-class NegativeSamplingError(ValueError):
-    """No negative item can be drawn for some user."""
 
 
 class BatchShard:

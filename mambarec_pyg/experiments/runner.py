@@ -10,7 +10,9 @@ training; an unfinished one continues from its ``last.pt`` (the trainer's
 ``resume=True``). A finished run recorded with other settings stops the experiment
 with an error naming them (unless only ``train.max_epochs``, ``train.patience`` or
 ``train.patience_warmup`` changed, and not to fewer epochs than it trained: the run
-then continues), so a ``--quick`` output is never mistaken for a full one. Two cells
+then continues), so a ``--quick`` output is never mistaken for a full one. These rules
+are the run directory's (:mod:`mambarec_pyg.train.rundir`), shared with the trainer
+and the grid search. Two cells
 of one experiment with the same configuration (e.g. Figure 4's lambda_cl = 0.01 and
 Figure 5's r = 8, lambda_mmd = 0.15, both the default MambaRec) share one run.
 
@@ -38,23 +40,17 @@ from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence
 import numpy as np
 
 from ..config import Config, ConfigError, DataConfig, TrainConfig
+from ..errors import MambaRecError, RunDirectoryBusy
 from ..io import write_json
+from ..train.rundir import FINAL_STATUSES as FINAL
+from ..train.rundir import finished_run, read_record
 from ..utils import progress
 
 __all__ = ['DatasetSpec', 'Setup', 'Cell', 'CellResult', 'Runner', 'Experiment',
            'ExperimentResult', 'FINAL', 'fmt_duration', 'QUICK_TRAIN']
 
-#: statuses of a finished run (``results.json``).
-FINAL = ('early_stopped', 'max_epochs', 'evaluated')
 #: ``--quick``: a handful of epochs in small batches, one thread (fastest for tiny data).
 QUICK_TRAIN = {'max_epochs': 5, 'batch_size': 128, 'num_threads': 1}
-#: train options that never change what a finished run computed.
-_IGNORED = ('train.device', 'train.eval_batch_size', 'train.num_threads',
-            'train.deterministic', 'train.checkpoint_interval_s')
-#: train options a finished run may be continued under (it then trains on).
-_CONTINUABLE = ('train.max_epochs', 'train.patience', 'train.patience_warmup')
-#: train options left None take the model's protocol; a run records the value used.
-_PROTOCOL = ('train.lr_decay', 'train.weight_decay')
 #: the per-user metrics kept for significance tests.
 PER_USER_FILE = 'per_user_test.npz'
 
@@ -293,7 +289,7 @@ class Runner:
             self._finish_cell(res, 0.0, note=f'same run as {shared.cell.key}')
             return res
         directory = self.directory(cell)
-        saved, continue_run = _finished(directory, cell.config)
+        saved, continue_run = finished_run(directory, cell.config)
         if saved is not None and not continue_run:
             res = _from_saved(cell, directory, saved, reused=True)
             self._by_config[key] = res
@@ -314,22 +310,17 @@ class Runner:
         return res
 
     def _train(self, cell: Cell, directory: Path) -> CellResult:
-        from ..data.errors import DataError
-        from ..data.sampling import NegativeSamplingError
         from ..train.experiment import run
-        from ..train.rundir import RunDirectoryBusy
-        from ..train.trainer import TrainingDivergedError
         try:
             data = self.data(cell.config.data)
             result = run(cell.config, directory, resume=True,
                          quiet=not self.setup.verbose, data=data)
-        except RunDirectoryBusy:
-            raise
-        except (TrainingDivergedError, DataError, NegativeSamplingError,
-                RuntimeError) as e:
-            # one failed run (a diverged loss, data a model cannot take, out of
-            # memory) is reported in the tables, its traceback kept beside it; the
-            # other runs go on
+        except (ConfigError, RunDirectoryBusy):
+            raise  # the experiment's options or its directory: every run would stop
+        except (MambaRecError, RuntimeError) as e:
+            # one failed run (a diverged loss, data a model cannot take, a checkpoint
+            # it cannot resume from, out of memory) is reported in the tables, its
+            # traceback kept beside it; the other runs go on
             import traceback
             from ..io import atomic_write_text
             directory.mkdir(parents=True, exist_ok=True)
@@ -339,7 +330,7 @@ class Runner:
                                     f'{_rel(directory / "error.txt", self.root)})')
         if result.status == 'interrupted':
             return CellResult(cell, directory, 'interrupted')
-        res = _from_saved(cell, directory, _read_results(directory) or {}, reused=False)
+        res = _from_saved(cell, directory, read_record(directory) or {}, reused=False)
         if self.per_user_now and result.model is not None and res.ok:
             self._save_per_user(res, result.model, data)
         return res
@@ -407,61 +398,6 @@ class Runner:
 def _first_line(e: BaseException) -> str:
     lines = str(e).strip().splitlines()
     return lines[0] if lines else ''
-
-
-def _read_results(directory: Path) -> Optional[Dict[str, Any]]:
-    path = directory / 'results.json'
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except ValueError:
-        return None
-
-
-def _finished(directory: Path, config: Config):
-    """``(saved results, continue)`` of a finished run in ``directory`` recorded with
-    ``config``'s settings; ``(None, _)`` if there is none. Raises
-    :class:`ConfigError` when the finished run used other settings."""
-    saved = _read_results(directory)
-    if saved is None or saved.get('status') not in FINAL or \
-            not (directory / 'best.pt').is_file():
-        return None, False
-    diffs = _config_diffs(saved.get('config') or {}, config.to_dict())
-    trained = int(saved.get('epochs') or 0)
-    # a run can be continued to more epochs, never cut back to fewer
-    hard = [d for d in diffs if d[0] not in _CONTINUABLE or
-            (d[0] == 'train.max_epochs' and d[2] < trained)]
-    if hard:
-        text = '; '.join(f'{k}: {old!r} there, {new!r} now' for k, old, new in hard)
-        raise ConfigError(f'{directory} holds a finished run with other settings '
-                          f'({text}); use another --output, or remove that directory '
-                          f'to run it again')
-    status = saved.get('status')
-    if status == 'evaluated' or (status == 'early_stopped' and
-                                 {d[0] for d in diffs} <= {'train.max_epochs'}):
-        return saved, False  # nothing to train, or it stopped before either limit
-    return saved, bool(diffs)
-
-
-def _config_diffs(old: Dict[str, Any], new: Dict[str, Any]):
-    diffs = []
-    for section in ('data', 'model', 'train'):
-        a, b = old.get(section) or {}, new.get(section) or {}
-        for key in sorted(set(a) | set(b)):
-            dotted = f'{section}.{key}'
-            if dotted in _IGNORED or dotted == 'data.root':
-                continue
-            if dotted in _PROTOCOL and b.get(key) is None:
-                continue
-            va, vb = a.get(key), b.get(key)
-            if isinstance(va, (list, tuple)):
-                va = list(va)
-            if isinstance(vb, (list, tuple)):
-                vb = list(vb)
-            if va != vb:
-                diffs.append((dotted, a.get(key), b.get(key)))
-    return diffs
 
 
 def _from_saved(cell: Cell, directory: Path, saved: Dict[str, Any],

@@ -1,6 +1,8 @@
 """Recommendation models on one interface (:class:`Recommender`), chosen by name.
 
-Built-in models register on import; ``mambarec models`` lists them::
+Built-in models register when their module is imported, which happens on first use
+of their name or class (``from mambarec_pyg.models import LightGCN``,
+``get_model_class('lightgcn')``); ``mambarec models`` lists them all::
 
     from mambarec_pyg.models import get_model_class, list_models
     Model = get_model_class('lightgcn')
@@ -8,35 +10,46 @@ Built-in models register on import; ``mambarec models`` lists them::
 """
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
+from ..config import BUILTIN_MODELS
 from .base import Recommender, check_data
 from .registry import get_config_class, get_model_class, list_models, register
 
-# Built-in models (importing a module registers its model), in the order of the
-# paper's Table 2, most-popular first.
-from .popularity import Popularity, PopularityConfig  # noqa: E402
-from .bpr import BPR, BPRConfig  # noqa: E402
-from .lightgcn import LightGCN, LightGCNConfig  # noqa: E402
-from .vbpr import VBPR, VBPRConfig  # noqa: E402
-from .slmrec import SLMRec, SLMRecConfig  # noqa: E402
-from .lgmrec import LGMRec, LGMRecConfig  # noqa: E402
-from .freedom import FREEDOM, FREEDOMConfig  # noqa: E402
-from .bm3 import BM3, BM3Config  # noqa: E402
-from .mmgcn import MMGCN, MMGCNConfig  # noqa: E402
-from .grcn import GRCN, GRCNConfig  # noqa: E402
-from .mgcn import MGCN, MGCNConfig  # noqa: E402
-from .layergcn import LayerGCN, LayerGCNConfig  # noqa: E402
-from .selfcf import SelfCF, SelfCFConfig  # noqa: E402
-from .dualgnn import DualGNN, DualGNNConfig  # noqa: E402
-from .dragon import DRAGON, DRAGONConfig  # noqa: E402
-from .smore import SMORE, SMOREConfig  # noqa: E402
-from .mmgcf import MMGCF, MMGCFConfig  # noqa: E402
-from .pgl import PGL, PGLConfig  # noqa: E402
-from .damrs import DAMRS, DAMRSConfig  # noqa: E402
-from .mambarec import MambaRec, MambaRecConfig, MambaRecOutput  # noqa: E402
+# The built-in models' classes (each with its config, ``<Class>Config``), by the
+# module that defines them: imported on first use, so importing one model does not
+# import the others.
+_CLASSES = {'popularity': 'Popularity', 'bpr': 'BPR', 'lightgcn': 'LightGCN',
+            'vbpr': 'VBPR', 'slmrec': 'SLMRec', 'lgmrec': 'LGMRec', 'freedom': 'FREEDOM',
+            'bm3': 'BM3', 'mmgcn': 'MMGCN', 'grcn': 'GRCN', 'mgcn': 'MGCN',
+            'layergcn': 'LayerGCN', 'selfcf': 'SelfCF', 'dualgnn': 'DualGNN',
+            'dragon': 'DRAGON', 'smore': 'SMORE', 'pgl': 'PGL', 'damrs': 'DAMRS',
+            'mmgcf': 'MMGCF', 'mambarec': 'MambaRec'}
+_EXPORTS = {name: module for module, cls in _CLASSES.items()
+            for name in (cls, f'{cls}Config')}
+_EXPORTS['MambaRecOutput'] = 'mambarec'
 
 __all__ = ['Recommender', 'register', 'get_model_class', 'get_config_class',
            'list_models', 'check_data', 'MambaRec', 'MambaRecConfig',
            'MambaRecOutput', 'Popularity', 'PopularityConfig', 'BPR', 'BPRConfig',
            'LightGCN', 'LightGCNConfig', 'MGCN', 'MGCNConfig', 'LayerGCN',
            'LayerGCNConfig', 'SelfCF', 'SelfCFConfig',
-           'DualGNN', 'DualGNNConfig', 'DRAGON', 'DRAGONConfig']
+           'DualGNN', 'DualGNNConfig', 'DRAGON', 'DRAGONConfig', 'SMORE', 'SMOREConfig',
+           'PGL', 'PGLConfig', 'DAMRS', 'DAMRSConfig', 'MMGCF', 'MMGCFConfig']
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(f'.{module}', __name__), name)
+    elif f'.models.{name}' in BUILTIN_MODELS.values():  # a model's module
+        value = importlib.import_module(f'.{name}', __name__)
+    else:
+        raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

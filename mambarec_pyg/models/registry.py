@@ -1,37 +1,32 @@
 """The model registry: a model's name picks its class and its config dataclass.
 
-Built-in models register themselves when :mod:`mambarec_pyg.models` is imported;
-your own model registers with :func:`register` (see
-:class:`~mambarec_pyg.models.base.Recommender` for the interface)::
+Built-in models register themselves when their module is imported, which happens the
+first time their name is asked for (:data:`~mambarec_pyg.config.BUILTIN_MODELS`);
+:func:`list_models` imports them all. Your own model registers with :func:`register`
+(see :class:`~mambarec_pyg.models.base.Recommender` for the interface)::
 
     from mambarec_pyg.models import Recommender, register
 
     @register('mf')
     class MF(Recommender):
         ...
+
+The config dataclasses are registered with :mod:`mambarec_pyg.config` as well, which
+finds them by name without importing this module.
 """
 from __future__ import annotations
 
-import importlib
 from typing import Callable, Dict, List, Type
+
+from ..config import (BUILTIN_MODELS, ModelConfig, load_builtin_model,
+                      model_config_class, register_model_config, registered_models)
 
 __all__ = ['register', 'get_model_class', 'get_config_class', 'list_models']
 
 _MODELS: Dict[str, type] = {}
-_LOADED = False
 #: The built-in models in the order of the paper's Table 2 (most-popular first);
 #: ``list_models`` lists them so, then any other registered model.
-PAPER_ORDER = ('popularity', 'bpr', 'lightgcn', 'vbpr', 'mmgcn', 'grcn', 'slmrec',
-               'freedom', 'mgcn', 'lgmrec', 'bm3', 'dualgnn', 'dragon', 'layergcn',
-               'selfcf', 'smore', 'pgl', 'damrs', 'mmgcf',
-               'mambarec')
-
-
-def _load_builtin() -> None:
-    global _LOADED
-    if not _LOADED:
-        _LOADED = True
-        importlib.import_module('mambarec_pyg.models')
+PAPER_ORDER = tuple(BUILTIN_MODELS)
 
 
 def register(name: str) -> Callable[[type], type]:
@@ -44,7 +39,6 @@ def register(name: str) -> Callable[[type], type]:
                          f'name, got {name!r}')
 
     def decorate(cls: type) -> type:
-        from ..config import ModelConfig
         config_class = getattr(cls, 'config_class', None)
         if not (isinstance(config_class, type) and issubclass(config_class, ModelConfig)):
             raise TypeError(f'register({name!r}): {cls.__name__}.config_class must be '
@@ -53,6 +47,7 @@ def register(name: str) -> Callable[[type], type]:
         if owner and owner != name:
             raise ValueError(f'register({name!r}): {config_class.__name__} already '
                              f'belongs to model {owner!r}')
+        load_builtin_model(name)  # a built-in name is taken even before its import
         existing = _MODELS.get(name)
         if existing is not None and existing is not cls and \
                 f'{existing.__module__}.{existing.__qualname__}' != \
@@ -62,32 +57,28 @@ def register(name: str) -> Callable[[type], type]:
         cls.name = name
         config_class.name = name
         _MODELS[name] = cls
+        register_model_config(name, config_class)
         return cls
 
     return decorate
 
 
 def get_model_class(name: str) -> Type:
-    """The registered model class called ``name``."""
-    _load_builtin()
-    cls = _MODELS.get(name)
-    if cls is None:
-        from ..config import ConfigError
-        from ..utils import did_you_mean
-        raise ConfigError(f'model.name: unknown model {name!r}'
-                          f'{did_you_mean(str(name), _MODELS)} (registered: '
-                          f'{", ".join(sorted(_MODELS))}; see `mambarec models`)')
-    return cls
+    """The registered model class called ``name`` (a built-in model's module is
+    imported on first use). Raises :class:`~mambarec_pyg.config.ConfigError` for an
+    unknown name."""
+    model_config_class(name)  # imports a built-in model; names the unknown ones
+    return _MODELS[name]
 
 
 def get_config_class(name: str) -> Type:
     """The config dataclass of the registered model ``name``."""
-    return get_model_class(name).config_class
+    return model_config_class(name)
 
 
 def list_models() -> List[str]:
     """Registered model names: the built-in ones in the order of the paper's Table 2
     (:data:`PAPER_ORDER`), then the others in registration order."""
-    _load_builtin()
-    first = [n for n in PAPER_ORDER if n in _MODELS]
-    return first + [n for n in _MODELS if n not in PAPER_ORDER]
+    names = registered_models()
+    return [n for n in PAPER_ORDER if n in names] + \
+        [n for n in names if n not in PAPER_ORDER]

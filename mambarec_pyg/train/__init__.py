@@ -8,19 +8,30 @@ registered model.
 * :func:`grid_search` -- a model's grid, selected on the validation split;
 * :func:`run` / :func:`load_run` -- one run from a :class:`~mambarec_pyg.config.Config`,
   and the model back from its checkpoint.
+
+The trainer's parts: :class:`~.state.RunState` (what a run remembers),
+:class:`~.recorder.RunRecorder` (the run directory's files), :mod:`~.rundir` (the one
+rule for finished runs and allowed changes), :class:`~.step.TrainingStep` (one
+optimisation step) and :mod:`~.process` (determinism and signals during a run).
 """
 from .checkpoint import load_checkpoint, save_checkpoint
 from .evaluate import Evaluator, evaluate, recommend
 from .experiment import build_model, load_run, run
+from .recorder import RunRecorder
 from .search import SearchResult, grid_search
+from .state import RunState
+from .step import TrainingStep
 from .trainer import TrainResult, Trainer, TrainingDivergedError, make_optimizer
 
 __all__ = [
     'Evaluator',
+    'RunRecorder',
+    'RunState',
     'SearchResult',
     'TrainResult',
     'Trainer',
     'TrainingDivergedError',
+    'TrainingStep',
     'build_model',
     'evaluate',
     'grid_search',

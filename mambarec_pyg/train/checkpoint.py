@@ -37,6 +37,7 @@ from typing import Any, Dict, Optional, Union
 import numpy as np
 import torch
 
+from ..errors import CheckpointError
 from ..io import atomic_path, write_json
 from ..utils import seed_everything
 
@@ -49,10 +50,6 @@ _LEGACY = ('mambarec_pyg.checkpoint/1', )
 _TRUST = ('--trust-checkpoint of mambarec evaluate or recommend (trusted=True in '
           'Python)')
 PathLike = Union[str, os.PathLike]
-
-
-class CheckpointError(ValueError):
-    """A file is not a checkpoint this library can safely read."""
 
 
 def rng_state(sampler: Optional[torch.Generator] = None) -> Dict[str, Any]:

@@ -1,4 +1,25 @@
-"""A run directory, owned by one process at a time.
+"""The run directory: one contract for what it holds, and one process at a time.
+
+A run directory (``mambarec train --output DIR``, an experiment's cell, a grid point)
+holds ``config.yaml``, ``last.pt`` (everything needed to resume), ``best.pt`` (the best
+epoch's weights), ``results.json`` (the run's record) and ``train.log``
+(:class:`~mambarec_pyg.train.recorder.RunRecorder` writes them). What those files mean
+is decided here, once, for the trainer's ``resume``, the experiment runner and the grid
+search alike:
+
+* **finished** -- ``results.json`` records a final status (:data:`FINAL_STATUSES`) and
+  ``best.pt`` exists (:func:`finished_record`);
+* **a record** -- ``results.json`` as a dictionary, or ``None`` when it is missing or
+  unreadable (:func:`read_record`);
+* **settings that never change a result** -- :data:`IGNORED`, and ``data.root`` (where
+  the files are, not what they hold);
+* **resuming** from ``last.pt`` -- only :data:`RESUMABLE_CHANGES` may differ from the
+  checkpoint's settings, and the data must have the checkpoint's shape
+  (:func:`check_resume`);
+* **continuing a finished run** -- under :data:`CONTINUABLE` changes only, and never to
+  fewer epochs than it trained (:func:`finished_run`);
+* **differences** -- :func:`config_diffs` names each field (``train.batch_size``) with
+  its old and new value (:class:`ConfigDiff`).
 
 :class:`RunLock` holds an exclusive :func:`fcntl.flock` on ``DIR/.lock`` (with the
 owner's pid and host written in it) for as long as a run writes to ``DIR``. The
@@ -6,29 +27,206 @@ operating system releases the lock when the process ends, however it ends, so a 
 left by a crashed or killed run is never stale: the next run simply takes it. A second
 process asking for a held lock stops at once with :class:`RunDirectoryBusy`, naming
 the owner.
+
+This module needs nothing but the standard library and :mod:`mambarec_pyg.errors`, so
+a process that only holds a lock imports no torch.
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
-__all__ = ['RunLock', 'RunDirectoryBusy', 'holds_run', 'RUN_FILES']
+try:
+    from ..errors import ConfigError, RunDirectoryBusy
+except ImportError:  # this file loaded on its own (a process that only holds a lock)
+    from mambarec_pyg.errors import ConfigError, RunDirectoryBusy
+
+__all__ = ['RunLock', 'RunDirectoryBusy', 'holds_run', 'RUN_FILES', 'FINAL_STATUSES',
+           'IGNORED', 'CONTINUABLE', 'RESUMABLE_CHANGES', 'ConfigDiff',
+           'config_diffs', 'read_record', 'finished_record', 'finished_run',
+           'check_resume']
+
+PathLike = Union[str, os.PathLike]
 
 #: The files whose presence means a directory holds a run.
 RUN_FILES = ('last.pt', 'best.pt', 'results.json')
+#: The statuses of a finished run in ``results.json`` (the others: ``'running'``,
+#: ``'interrupted'``, ``'diverged'``).
+FINAL_STATUSES = ('early_stopped', 'max_epochs', 'evaluated')
+#: Options that never change what a run computes.
+IGNORED = ('train.device', 'train.eval_batch_size', 'train.num_threads',
+           'train.deterministic', 'train.checkpoint_interval_s')
+#: Options a finished run may be continued under (it then trains on).
+CONTINUABLE = ('train.max_epochs', 'train.patience', 'train.patience_warmup')
+#: Options that may change when a run is resumed from ``last.pt``; any other
+#: difference stops the resume with a message naming the field.
+RESUMABLE_CHANGES = CONTINUABLE + IGNORED
+# where the data files are, not what they hold
+_LOCATION = ('data.root', )
+# left None, these take the model's protocol; a run records the value it used
+_PROTOCOL = ('train.lr_decay', 'train.weight_decay')
+_SECTIONS = ('data', 'model', 'train')
+# what a resumed run's data must share with the checkpoint's
+_SHAPE = ('num_users', 'num_items', 'num_train_interactions')
 
 
-def holds_run(directory: Union[str, os.PathLike]) -> bool:
+def holds_run(directory: PathLike) -> bool:
     """Whether ``directory`` already holds a run (a checkpoint or results)."""
     return any((Path(directory) / name).exists() for name in RUN_FILES)
 
 
-class RunDirectoryBusy(RuntimeError):
-    """Another process is running in this directory."""
+# ---------------------------------------------------------------------------------
+# Settings: what differs, named by field
+# ---------------------------------------------------------------------------------
+class ConfigDiff(NamedTuple):
+    """One setting that differs between a recorded run and the current config (a
+    named ``(field, old, new)`` tuple)."""
+
+    #: the dotted option name, ``section.field`` (``train.batch_size``).
+    field: str
+    #: the recorded value and the current one (``None`` where absent).
+    old: Any
+    new: Any
+
+    def describe(self, where: str = 'in the checkpoint') -> str:
+        """``"train.batch_size: 128 in the checkpoint, 64 now"``."""
+        return f'{self.field}: {self.old!r} {where}, {self.new!r} now'
 
 
+def config_diffs(old: Mapping[str, Any], new: Mapping[str, Any],
+                 ignore: Sequence[str] = IGNORED) -> List[ConfigDiff]:
+    """The fields in which two configs (as plain dictionaries, ``Config.to_dict()``)
+    differ, in section and field order.
+
+    ``ignore`` (dotted names) and ``data.root`` are not compared; nor are
+    :data:`_PROTOCOL` options left ``None`` in ``new`` (they take the model's protocol,
+    whose value ``old`` records). Lists and tuples compare by their items.
+    """
+    diffs = []
+    for section in _SECTIONS:
+        a, b = old.get(section) or {}, new.get(section) or {}
+        for key in sorted(set(a) | set(b)):
+            dotted = f'{section}.{key}'
+            if dotted in ignore or dotted in _LOCATION:
+                continue
+            if dotted in _PROTOCOL and b.get(key) is None:
+                continue
+            if _plain(a.get(key)) != _plain(b.get(key)):
+                diffs.append(ConfigDiff(dotted, a.get(key), b.get(key)))
+    return diffs
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+# ---------------------------------------------------------------------------------
+# Records: results.json, finished runs
+# ---------------------------------------------------------------------------------
+def read_record(directory: PathLike) -> Optional[Dict[str, Any]]:
+    """The run's ``results.json``, or ``None`` when it is missing or not a JSON
+    object (e.g. cut short)."""
+    path = Path(directory) / 'results.json'
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (ValueError, OSError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def finished_record(directory: PathLike) -> Optional[Dict[str, Any]]:
+    """The record of the finished run in ``directory`` (a final status and a
+    ``best.pt``), else ``None``."""
+    record = read_record(directory)
+    if record is None or record.get('status') not in FINAL_STATUSES or \
+            not (Path(directory) / 'best.pt').is_file():
+        return None
+    return record
+
+
+def finished_run(directory: PathLike, config: Any
+                 ) -> Tuple[Optional[Dict[str, Any]], bool]:
+    """``(record, continue)`` for a finished run in ``directory`` to be run with
+    ``config`` (a :class:`~mambarec_pyg.config.Config` or its ``to_dict()``):
+    ``(None, False)`` when there is none; ``continue`` when it should train on (it was
+    recorded with other :data:`CONTINUABLE` settings and did not stop early before
+    either limit).
+
+    Raises:
+        ConfigError: the finished run used other settings, or more epochs than
+            ``config`` allows (a run is never cut back); the message names each field.
+    """
+    record = finished_record(directory)
+    if record is None:
+        return None, False
+    now = config.to_dict() if hasattr(config, 'to_dict') else config
+    diffs = config_diffs(record.get('config') or {}, now)
+    trained = int(record.get('epochs') or 0)
+    hard = [d for d in diffs if d.field not in CONTINUABLE or
+            (d.field == 'train.max_epochs' and d.new < trained)]
+    if hard:
+        text = '; '.join(d.describe('there') for d in hard)
+        raise ConfigError(f'{directory} holds a finished run with other settings '
+                          f'({text}); use another --output, or remove that directory '
+                          f'to run it again')
+    status = record.get('status')
+    if status == 'evaluated' or (status == 'early_stopped' and
+                                 {d.field for d in diffs} <= {'train.max_epochs'}):
+        return record, False  # nothing to train, or it stopped before either limit
+    return record, bool(diffs)
+
+
+def check_resume(path: PathLike, saved: Mapping[str, Any], *,
+                 config: Optional[Mapping[str, Any]], train: Mapping[str, Any],
+                 dataset: Mapping[str, Any], model_name: Optional[str]) -> None:
+    """Stop, naming each field, if a run would continue from the checkpoint ``saved``
+    (read from ``path``) with other settings than it was written with.
+
+    Args:
+        config: the run's whole config (``Config.to_dict()``), or ``None`` for a run
+            given only its train section (then only the train fields the checkpoint
+            records are compared).
+        train: the run's train section (``to_dict(TrainConfig)``), its protocol
+            resolved.
+        dataset: the data's shape (``num_users``, ``num_items``,
+            ``num_train_interactions``).
+        model_name: the model's registered name.
+
+    Raises:
+        ConfigError: anything but :data:`RESUMABLE_CHANGES` differs, or the data or
+            the model do; nothing on disk has changed.
+    """
+    recorded = saved.get('config')
+    if config is not None and isinstance(recorded, dict):
+        diffs = config_diffs(recorded, config, ignore=RESUMABLE_CHANGES)
+    else:
+        old = saved.get('train_config') or {}
+        diffs = config_diffs({'train': old},
+                             {'train': {k: v for k, v in train.items() if k in old}},
+                             ignore=RESUMABLE_CHANGES)
+    messages = [d.describe() for d in diffs]
+    shape = saved.get('dataset') or {}
+    messages += [f'dataset {key}: {shape[key]} in the checkpoint, {dataset[key]} now'
+                 for key in _SHAPE if key in shape and shape[key] != dataset[key]]
+    if saved.get('model_name') and model_name and saved['model_name'] != model_name:
+        messages.append(ConfigDiff('model.name', saved['model_name'],
+                                   model_name).describe())
+    if messages:
+        raise ConfigError(
+            f'{path}: cannot resume with different settings (' + '; '.join(messages)
+            + '); only ' + ', '.join(RESUMABLE_CHANGES) + ' may change. Use the '
+            "checkpoint's settings, or start a new run (--overwrite or another "
+            '--output); nothing was changed on disk')
+
+
+# ---------------------------------------------------------------------------------
+# One process at a time
+# ---------------------------------------------------------------------------------
 class RunLock:
     """Exclusive ownership of a run directory (a context manager).
 

@@ -14,13 +14,14 @@ framework instead picks the point with the best *test* Recall@20, which lets the
 set choose the hyperparameters and overstates the reported number; this module never
 looks at test metrics when choosing.
 
-Runs already finished in ``output_dir`` (their ``results.json`` has a final status) are
-reused when ``resume=True``; unfinished ones continue from their ``last.pt``.
+Runs already finished in ``output_dir`` with the same settings are reused when
+``resume=True``; unfinished ones continue from their ``last.pt`` (the rule of
+:mod:`~mambarec_pyg.train.rundir`, which the experiments follow too: a finished run
+recorded with other settings stops the search with an error naming them).
 """
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -34,12 +35,11 @@ from ..data.dataset import data_spec, load_dataset
 from ..utils import resolve_device
 from .checkpoint import environment, write_json
 from .experiment import ModelFactory, run
+from .rundir import finished_run
 
 __all__ = ['grid_search', 'SearchResult', 'default_grid']
 
 PathLike = Union[str, os.PathLike]
-
-_FINAL = ('early_stopped', 'max_epochs', 'evaluated')
 
 
 def default_grid(config: Config) -> Dict[str, List[Any]]:
@@ -113,7 +113,8 @@ def grid_search(data: Optional[HeteroData], config: Config,
         cfg = config.with_overrides(values)
         name = _point_name(values)
         point_dir = out / name if out is not None else None
-        record = _finished(point_dir) if (resume and point_dir is not None) else None
+        record = _finished(point_dir, cfg) if (resume and point_dir is not None) \
+            else None
         if record is None:
             if not quiet:
                 print(f'[{n + 1}/{len(combos)}] {name}', flush=True)
@@ -140,16 +141,13 @@ def grid_search(data: Optional[HeteroData], config: Config,
     return result
 
 
-def _finished(point_dir: Optional[Path]) -> Optional[Dict[str, Any]]:
-    """The record of a finished run in ``point_dir``, else ``None``."""
-    path = point_dir / 'results.json' if point_dir is not None else None
-    if path is None or not path.is_file():
-        return None
-    try:
-        saved = json.loads(path.read_text())
-    except ValueError:
-        return None
-    if saved.get('status') not in _FINAL:
+def _finished(point_dir: Path, config: Config) -> Optional[Dict[str, Any]]:
+    """The record of a finished run of ``config`` in ``point_dir`` to reuse, else
+    ``None`` (:func:`~mambarec_pyg.train.rundir.finished_run`: a run recorded with
+    fewer epochs or less patience is continued, one with other settings stops the
+    search)."""
+    saved, continue_run = finished_run(point_dir, config)
+    if saved is None or continue_run:
         return None
     return {'valid': saved['valid'], 'test': saved['test'],
             'best_epoch': saved['best_epoch'], 'epochs': saved['epochs'],

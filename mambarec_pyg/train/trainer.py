@@ -52,45 +52,60 @@ directory belongs to one process at a time (:class:`~mambarec_pyg.train.rundir.R
 ``results.json`` records the config, per-epoch history, best epoch, valid and test
 metrics, timings, environment and any warnings (:meth:`Recommender.diagnose
 <mambarec_pyg.models.Recommender.diagnose>`).
+
+The parts. :class:`Trainer` is the loop -- epochs, the steps of an epoch, evaluation
+and early stopping -- and hands the rest to parts that own their state:
+
+* :class:`~mambarec_pyg.train.state.RunState` (``trainer.state``) -- counters, best
+  epoch, history, timings, warnings and random states, with ``state_dict()``;
+* :class:`~mambarec_pyg.train.recorder.RunRecorder` (``trainer.recorder``) -- the run
+  directory's files, its lock and the messages; ``is_writer=False`` silences it;
+* :mod:`~mambarec_pyg.train.rundir` -- the one rule for what may change on resume and
+  what a finished run is;
+* :class:`~mambarec_pyg.train.step.TrainingStep` (``trainer.step``, built after the
+  optimiser by ``step_factory``) -- forward, update and the logged values' reduction;
+* :mod:`~mambarec_pyg.train.process` -- deterministic algorithms and SIGTERM for the
+  run's duration.
+
+A subclass or a data-parallel wrapper changes one thing each: :meth:`Trainer.build_step`
+(the step), :meth:`Trainer.should_stop` (the early-stopping decision, computed in that
+one method), :meth:`Trainer.evaluate_epoch` (who evaluates).
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch_geometric.data import HeteroData
 
-from ..config import RESUMABLE_CHANGES, Config, ConfigError, TrainConfig, to_dict
+from ..config import Config, ConfigError, TrainConfig, to_dict
 from ..data.index import training_index
 from ..data.sampling import TrainingPairs
-from ..utils import progress, resolve_device
-from .checkpoint import (CheckpointError, environment, load_checkpoint, rng_state,
-                         save_checkpoint, seed_everything, set_rng_state, write_json)
+from ..errors import CheckpointError, TrainingDivergedError
+from ..utils import resolve_device
+from .checkpoint import load_checkpoint
 from .evaluate import Evaluator
-from .rundir import RunLock
+from .process import deterministic_algorithms, stop_on_sigterm, thread_policy_note
+from .recorder import RunRecorder
+from .rundir import check_resume
+from .state import RunState
 from .step import TrainingStep
 
 __all__ = ['Trainer', 'TrainResult', 'TrainingDivergedError', 'make_optimizer',
            'resolve_protocol']
 
-log = logging.getLogger(__name__)
-
 Callback = Callable[['Trainer', Dict[str, Any]], None]
+#: ``factory(model, optimizer)``: the optimisation step of a run.
+StepFactory = Callable[[torch.nn.Module, torch.optim.Optimizer], TrainingStep]
 
 # Steps between finiteness checks of the loss on a GPU (each check synchronises).
 _CUDA_CHECK_EVERY = 16
-
-
-class TrainingDivergedError(RuntimeError):
-    """The loss became NaN or infinite; the message names the epoch, batch and parts."""
 
 
 @dataclass
@@ -154,6 +169,11 @@ def resolve_protocol(config: TrainConfig, model: torch.nn.Module) -> TrainConfig
     return dataclasses.replace(config, **changes) if changes else config
 
 
+def _from_state(name: str) -> property:
+    return property(lambda self: getattr(self.state, name),
+                    doc=f'``state.{name}`` (:class:`~mambarec_pyg.train.state.RunState`).')
+
+
 class Trainer:
     r"""Trains a registered model on ``data`` under the MMRec protocol.
 
@@ -168,8 +188,8 @@ class Trainer:
             ``config.yaml`` and ``train.log`` go; ``None`` keeps everything in
             memory.
         resume: continue from ``output_dir/last.pt`` when it exists. Only the
-            options in :data:`~mambarec_pyg.config.RESUMABLE_CHANGES` may differ
-            from the checkpoint's; any other difference stops with
+            options in :data:`~mambarec_pyg.train.rundir.RESUMABLE_CHANGES` may
+            differ from the checkpoint's; any other difference stops with
             :class:`~mambarec_pyg.config.ConfigError` before anything is written.
         quiet: no progress bars and no per-epoch lines on the console (the log file
             is still written).
@@ -181,10 +201,21 @@ class Trainer:
         allow_no_valid: train on data without validation interactions (the last
             epoch is then reported); default ``config.data.allow_no_valid`` of a full
             :class:`Config`, else ``False`` (such data stops with an error).
+        step_factory: ``factory(model, optimizer)`` builds the optimisation step
+            once the optimiser exists (default
+            :class:`~mambarec_pyg.train.step.TrainingStep`; see :meth:`build_step`).
+        is_writer: ``False``: this process writes no file and prints nothing (it
+            still reads ``last.pt`` to resume) -- the processes of a data-parallel
+            run other than rank 0.
 
     The model's initial weights are the caller's: seed before building it (e.g.
     :func:`~mambarec_pyg.utils.seed_everything`) for repeatable runs; :meth:`fit`
     seeds everything it consumes itself from ``config.seed``.
+
+    Attributes:
+        state (RunState): what the run remembers (epochs, best epoch, history, ...).
+        recorder (RunRecorder): the run directory and the messages.
+        step (TrainingStep): the optimisation step (built by :meth:`fit`).
     """
 
     def __init__(self, model: torch.nn.Module, data: HeteroData,
@@ -193,7 +224,9 @@ class Trainer:
                  quiet: bool = False, callbacks: Sequence[Callback] = (),
                  data_spec: Optional[Dict[str, Any]] = None,
                  restore_best: bool = True,
-                 allow_no_valid: Optional[bool] = None) -> None:
+                 allow_no_valid: Optional[bool] = None,
+                 step_factory: Optional[StepFactory] = None,
+                 is_writer: bool = True) -> None:
         if config is None:
             config = TrainConfig()
         if isinstance(config, Config):
@@ -209,14 +242,12 @@ class Trainer:
                            if run_config is not None else None)
         self.model = model
         self.data = data
-        self.output_dir = Path(output_dir) if output_dir is not None else None
         self.resume = resume
         self.quiet = quiet
         self.callbacks = list(callbacks)
         if data_spec is None and self.run_config is not None:
             from ..data.dataset import data_spec as _spec
             data_spec = _spec(self.run_config.data)
-        self.data_spec = data_spec
         if allow_no_valid is None:
             allow_no_valid = bool(run_config is not None and
                                   run_config.data.allow_no_valid)
@@ -236,57 +267,51 @@ class Trainer:
                 f'or train without one with --data.allow-no-valid true (the last '
                 f'epoch is then reported)')
         self.has_test = self.evaluator.has_split('test')
-        self.generator = torch.Generator()
+        self.state = RunState()
+        self.recorder = RunRecorder(
+            output_dir, config=self.config, run_config=self.run_config,
+            model_name=getattr(model, 'name', '') or type(model).__name__,
+            data_spec=data_spec, dataset=self._dataset_shape(), device=self.device,
+            quiet=quiet, is_writer=is_writer)
+        self.step_factory: StepFactory = step_factory or TrainingStep
         self.optimizer: Optional[torch.optim.Optimizer] = None
         self.scheduler = None
         self.pairs: Optional[TrainingPairs] = None
         #: the optimisation step (:class:`~mambarec_pyg.train.step.TrainingStep`;
-        #: built with the optimiser when ``None``).
+        #: built by :meth:`build_step` with the optimiser when ``None``).
         self.step: Optional[TrainingStep] = None
-        # run state
-        self.epoch = 0  # epochs completed
-        self.best_epoch = -1
-        self.best_value = -math.inf
-        self.best_valid: Dict[str, float] = {}
-        self.best_test: Dict[str, float] = {}
-        self.best_state: Optional[Dict[str, torch.Tensor]] = None
-        self.bad_epochs = 0
-        self.history: List[Dict[str, Any]] = []
-        self.timings = {'train_s': 0.0, 'eval_s': 0.0, 'checkpoint_s': 0.0,
-                        'total_s': 0.0}
-        self.warnings: List[str] = []
-        self._log_file = None
-        self._written_epoch = 0  # epochs completed when last.pt was last written
-        self._best_written = -1  # best epoch in best.pt
-        self._config_written = False
-        self._last_write = 0.0
         self._session_epochs = 0
 
-    # -- paths ----------------------------------------------------------------------
+    # -- views for callbacks ------------------------------------------------------------
+    epoch = _from_state('epoch')
+    best_epoch = _from_state('best_epoch')
+    best_value = _from_state('best_value')
+    best_valid = _from_state('best_valid')
+    best_test = _from_state('best_test')
+    history = _from_state('history')
+    warnings = _from_state('warnings')
+    generator = _from_state('generator')
+
+    @property
+    def output_dir(self) -> Optional[Path]:
+        return self.recorder.output_dir
+
     @property
     def best_path(self) -> Optional[Path]:
-        return self.output_dir / 'best.pt' if self.output_dir else None
+        return self.recorder.best_path
 
     @property
     def last_path(self) -> Optional[Path]:
-        return self.output_dir / 'last.pt' if self.output_dir else None
+        return self.recorder.last_path
 
     @property
     def results_path(self) -> Optional[Path]:
-        return self.output_dir / 'results.json' if self.output_dir else None
+        return self.recorder.results_path
 
     # -- set-up -----------------------------------------------------------------------
     def _setup(self) -> None:
         cfg = self.config
-        state = None
-        if self.resume and self.last_path is not None and self.last_path.is_file():
-            try:
-                state = load_checkpoint(self.last_path)
-            except CheckpointError as e:
-                raise CheckpointError(f'{e}; a run cannot be resumed from it: start '
-                                      f'a new run (--overwrite or another --output)'
-                                      ) from None
-            self._check_resume(state)  # before anything on disk changes
+        checkpoint = self._resume_checkpoint()  # checked before anything on disk changes
         if cfg.num_threads > 0:
             torch.set_num_threads(cfg.num_threads)
         self.model.to(self.device)
@@ -297,117 +322,61 @@ class Trainer:
             decay, every = cfg.lr_decay, cfg.lr_decay_epochs
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(
                 self.optimizer, lambda e: decay**(e / every))
-        if self.output_dir is not None:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            self._log_file = open(self.output_dir / 'train.log', 'a')
-        if state is not None:
-            self._restore(state)
-            self._log(f'resumed from {self.last_path} after epoch {self.epoch - 1} '
-                      f'(best {cfg.valid_metric} {self.best_value:.4f} at epoch '
-                      f'{self.best_epoch})')
+            if self.step is None:
+                self.step = self.build_step()
+        self.recorder.open()
+        if checkpoint is not None:
+            self.load_state_dict(checkpoint)
+            self._log(f'resumed from {self.last_path} after epoch '
+                      f'{self.state.epoch - 1} (best {cfg.valid_metric} '
+                      f'{self.state.best_value:.4f} at epoch {self.state.best_epoch})')
         else:
             if self.resume:
                 self._log(f'no checkpoint in {self.output_dir}; starting a new run')
-            seed_everything(cfg.seed)
-            self.generator.manual_seed(cfg.seed)
-            name = getattr(self.model, 'name', '') or type(self.model).__name__
-            if self.pairs is not None:
-                self._log(f'training {name} on {self.device} '
-                          f'({torch.get_num_threads()} threads): '
-                          f'{self.pairs.num_pairs:,} training pairs, '
-                          f'{self.pairs.num_batches(cfg.batch_size)} batches of '
-                          f'{cfg.batch_size}, optimiser '
-                          f"Adam{' (fused)' if self._fused() else ''}, lr {cfg.lr:g}, "
-                          f'weight decay {cfg.weight_decay:g}, lr decay '
-                          f'{cfg.lr_decay:g} per {cfg.lr_decay_epochs:g} epochs')
-            else:
-                self._log(f'{name} has nothing to train; evaluating it once')
-        self._note_thread_policy()
-        self._last_write = time.monotonic()
-        self._written_epoch = self.epoch
+            self.state.seed(cfg.seed)
+            self._log(self._start_message())
+        note = thread_policy_note(self.device)
+        if note:
+            self._log(note)
+        # last.pt and best.pt hold what was restored (nothing for a new run)
+        self.recorder.load_state_dict({'last_epoch': self.state.epoch,
+                                       'best_epoch': self.state.best_epoch})
 
-    def _note_thread_policy(self) -> None:
-        """Say so when OpenMP threads may spin while waiting (torch was imported
-        before mambarec_pyg could set ``OMP_WAIT_POLICY=PASSIVE``): with other work
-        on the cores such runs can train many times slower."""
-        from .. import OMP_POLICY_APPLIED
-        if self.device.type == 'cpu' and torch.get_num_threads() > 1 and \
-                not OMP_POLICY_APPLIED:
-            self._log('note: torch was imported before mambarec_pyg, so its OpenMP '
-                      'threads spin while they wait; if other work shares the CPU, '
-                      'set OMP_WAIT_POLICY=PASSIVE in the environment or use '
-                      '--train.num-threads 1 (benchmarks/threads.py)')
+    def _start_message(self) -> str:
+        cfg = self.config
+        name = self.recorder.model_name
+        if self.pairs is None:
+            return f'{name} has nothing to train; evaluating it once'
+        fused = ' (fused)' if self.optimizer.defaults.get('fused') else ''
+        return (f'training {name} on {self.device} ({torch.get_num_threads()} threads): '
+                f'{self.pairs.num_pairs:,} training pairs, '
+                f'{self.pairs.num_batches(cfg.batch_size)} batches of {cfg.batch_size}, '
+                f'optimiser Adam{fused}, lr {cfg.lr:g}, weight decay '
+                f'{cfg.weight_decay:g}, lr decay {cfg.lr_decay:g} per '
+                f'{cfg.lr_decay_epochs:g} epochs')
 
-    def _fused(self) -> bool:
-        return bool(self.optimizer.defaults.get('fused'))
+    def build_step(self) -> TrainingStep:
+        """The optimisation step, built once the optimiser exists:
+        ``step_factory(model, optimizer)``. Override (or pass ``step_factory``) for
+        another way to compute a step, such as a data-parallel one."""
+        return self.step_factory(self.model, self.optimizer)
 
-    def _check_resume(self, state: Dict[str, Any]) -> None:
-        """Stop, naming each field, if the run would continue with settings other
-        than the checkpoint's (only :data:`RESUMABLE_CHANGES` may differ)."""
-        diffs = []
-        saved = state.get('config')
-        if self.run_config is not None and isinstance(saved, dict):
-            now = self.run_config.to_dict()
-            for section in ('data', 'model', 'train'):
-                old, new = saved.get(section) or {}, now.get(section) or {}
-                for key in sorted(set(old) | set(new)):
-                    dotted = f'{section}.{key}'
-                    if dotted in RESUMABLE_CHANGES or (section == 'data'
-                                                       and key == 'root'):
-                        continue
-                    if old.get(key) != new.get(key):
-                        diffs.append(f'{dotted}: {old.get(key)!r} in the checkpoint, '
-                                     f'{new.get(key)!r} now')
-        else:
-            old = state.get('train_config') or {}
-            for key, value in to_dict(self.config).items():
-                if f'train.{key}' not in RESUMABLE_CHANGES and key in old and \
-                        old[key] != value:
-                    diffs.append(f'train.{key}: {old[key]!r} in the checkpoint, '
-                                 f'{value!r} now')
-        shape = state.get('dataset') or {}
-        now_shape = self._dataset_shape()
-        for key in ('num_users', 'num_items', 'num_train_interactions'):
-            if key in shape and shape[key] != now_shape[key]:
-                diffs.append(f'dataset {key}: {shape[key]} in the checkpoint, '
-                             f'{now_shape[key]} now')
-        name = getattr(self.model, 'name', None)
-        if state.get('model_name') and name and state['model_name'] != name:
-            diffs.append(f'model.name: {state["model_name"]!r} in the checkpoint, '
-                         f'{name!r} now')
-        if diffs:
-            raise ConfigError(
-                f'{self.last_path}: cannot resume with different settings ('
-                + '; '.join(diffs) + '); only '
-                + ', '.join(RESUMABLE_CHANGES) + ' may change. Use the checkpoint\'s '
-                'settings, or start a new run (--overwrite or another --output); '
-                'nothing was changed on disk')
-
-    def _restore(self, state: Dict[str, Any]) -> None:
+    def _resume_checkpoint(self) -> Optional[Dict[str, Any]]:
+        """``last.pt`` when resuming and it exists, checked against this run's
+        settings (:func:`~mambarec_pyg.train.rundir.check_resume`)."""
+        path = self.last_path
+        if not (self.resume and path is not None and path.is_file()):
+            return None
         try:
-            self.model.load_state_dict(state['model'])
-        except RuntimeError as e:
-            raise ConfigError(f'{self.last_path}: the checkpoint does not fit this '
-                              f'model ({str(e).splitlines()[0]})') from None
-        if self.optimizer is not None:
-            self.optimizer.load_state_dict(state['optimizer'])
-            self.scheduler.load_state_dict(state['scheduler'])
-        set_rng_state(state['rng'], self.generator)
-        self.epoch = state['epoch']
-        self.best_epoch = state['best_epoch']
-        self.best_value = state['best_value']
-        self.best_valid = state['best_valid']
-        self.best_test = state['best_test']
-        self.bad_epochs = state['bad_epochs']
-        self.history = list(state['history'])
-        self.timings.update(state.get('timings') or {})
-        self.warnings = list(state.get('warnings') or [])
-        best = state.get('best_model')
-        if best is None and self.best_epoch == self.epoch - 1:
-            best = state['model']
-        self.best_state = ({k: v.to(self.device) for k, v in best.items()}
-                           if best is not None else None)
-        self._best_written = self.best_epoch
+            checkpoint = load_checkpoint(path)
+        except CheckpointError as e:
+            raise CheckpointError(f'{e}; a run cannot be resumed from it: start a new '
+                                  f'run (--overwrite or another --output)') from None
+        check_resume(path, checkpoint,
+                     config=self.run_config.to_dict() if self.run_config else None,
+                     train=to_dict(self.config), dataset=self.recorder.dataset,
+                     model_name=getattr(self.model, 'name', None))
+        return checkpoint
 
     def _dataset_shape(self) -> Dict[str, Any]:
         return {'name': str(getattr(self.data, 'name', '')),
@@ -415,215 +384,167 @@ class Trainer:
                 'num_items': int(self.data['item'].num_nodes),
                 'num_train_interactions': self.index.num_pairs}
 
+    # -- state --------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
-        """Everything needed to continue the run (the content of ``last.pt``)."""
-        state = self._common_state()
-        state.update({
-            'kind': 'last',
-            'model': self.model.state_dict(),
-            'optimizer': self.optimizer.state_dict() if self.optimizer else None,
-            'scheduler': self.scheduler.state_dict() if self.scheduler else None,
-            'rng': rng_state(self.generator),
-            'bad_epochs': self.bad_epochs,
-            'history': self.history,
-            'timings': self.timings,
-            'warnings': self.warnings,
-        })
-        if self.best_state is not None and self.best_epoch != self.epoch - 1:
-            state['best_model'] = self.best_state
-        return state
+        """Everything needed to continue the run (the content of ``last.pt``): the
+        run's config and data, the model, optimiser and scheduler, and the
+        :class:`~mambarec_pyg.train.state.RunState`."""
+        return {**self.recorder.header(), 'kind': 'last',
+                'model': self.model.state_dict(),
+                'optimizer': self.optimizer.state_dict() if self.optimizer else None,
+                'scheduler': self.scheduler.state_dict() if self.scheduler else None,
+                **self.state.state_dict()}
 
-    def _common_state(self) -> Dict[str, Any]:
-        return {
-            'model_name': getattr(self.model, 'name', '') or type(self.model).__name__,
-            'epoch': self.epoch,
-            'best_epoch': self.best_epoch,
-            'best_value': self.best_value,
-            'best_valid': self.best_valid,
-            'best_test': self.best_test,
-            'train_config': to_dict(self.config),
-            'config': to_dict(self.run_config) if self.run_config else None,
-            'data': self.data_spec,
-            'dataset': self._dataset_shape(),
-        }
+    def load_state_dict(self, checkpoint: Dict[str, Any]) -> None:
+        """Continue from what :meth:`state_dict` returned (a ``last.pt``); the
+        optimiser must exist (:meth:`fit` builds it)."""
+        try:
+            self.model.load_state_dict(checkpoint['model'])
+        except RuntimeError as e:
+            raise ConfigError(f'{self.last_path}: the checkpoint does not fit this '
+                              f'model ({str(e).splitlines()[0]})') from None
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(checkpoint['optimizer'])
+            self.scheduler.load_state_dict(checkpoint['scheduler'])
+        self.state.load_state_dict(checkpoint, device=self.device)
 
-    # -- logging ----------------------------------------------------------------------
+    def load_best(self) -> bool:
+        """Put the best epoch's weights into the model (from memory or ``best.pt``)."""
+        weights = self.state.best_weights
+        path = self.best_path
+        if weights is None and path is not None and self.recorder.best_epoch >= 0 \
+                and path.is_file():  # not an earlier run's best.pt
+            weights = load_checkpoint(path)['model']
+        if weights is None:
+            return False
+        self.model.load_state_dict(weights)
+        return True
+
+    def results(self, status: str, error: Optional[str] = None) -> Dict[str, Any]:
+        """The content of ``results.json``."""
+        return self.recorder.results(status, self.state, error)
+
     def _log(self, msg: str) -> None:
-        log.info(msg)
-        if self._log_file is not None:
-            self._log_file.write(time.strftime('%Y-%m-%d %H:%M:%S ') + msg + '\n')
-            self._log_file.flush()
-        if not self.quiet:
-            from tqdm.auto import tqdm
-            tqdm.write(msg)
-
-    def _bar(self, **kwargs):
-        return progress(enabled=not self.quiet, **kwargs)
+        self.recorder.log(msg)
 
     # -- the loop ---------------------------------------------------------------------
     def fit(self) -> TrainResult:
         """Train until early stopping, ``max_epochs`` or Ctrl-C; see the module doc."""
-        cfg = self.config
-        deterministic = cfg.deterministic
+        deterministic = self.config.deterministic
         if deterministic is None:
             deterministic = self.device.type == 'cpu'
         with contextlib.ExitStack() as stack:
-            if self.output_dir is not None:
-                stack.enter_context(RunLock(self.output_dir))
-            stack.enter_context(_deterministic(deterministic, self.device))
-            stack.enter_context(_stop_on_sigterm())
+            stack.enter_context(self.recorder.lock())
+            stack.enter_context(deterministic_algorithms(deterministic, self.device))
+            stack.enter_context(stop_on_sigterm())
             return self._fit()
+
+    def should_stop(self) -> bool:
+        """Early stopping (MMRec's rule): more than ``patience`` epochs without a
+        strict improvement. The decision is made here alone, so a data-parallel
+        trainer makes every process agree on it in this one method."""
+        return self.state.bad_epochs > self.config.patience
 
     def _fit(self) -> TrainResult:
         try:
             self._setup()
         except BaseException:
-            self._close()
+            self.recorder.close()
             raise
         if self.optimizer is None:
             return self._evaluate_only()
-        cfg = self.config
+        cfg, state = self.config, self.state
         status = 'max_epochs'
         start = time.perf_counter()
-        total_before = self.timings.get('total_s', 0.0)
-        epochs_bar = self._bar(total=cfg.max_epochs, initial=self.epoch, desc='epochs',
-                               unit='epoch')
+        total_before = state.timings.get('total_s', 0.0)
+        epochs_bar = self.recorder.bar(total=cfg.max_epochs, initial=state.epoch,
+                                       desc='epochs', unit='epoch')
         try:
-            while self.epoch < cfg.max_epochs:
-                if self.bad_epochs > cfg.patience:
+            while state.epoch < cfg.max_epochs:
+                if self.should_stop():
                     status = 'early_stopped'
                     break
-                record = self._run_epoch(self.epoch)
-                self.epoch += 1
+                record = self._run_epoch(state.epoch)
+                state.epoch += 1
                 self._session_epochs += 1
-                self.timings['total_s'] = total_before + time.perf_counter() - start
+                state.timings['total_s'] = total_before + time.perf_counter() - start
                 self._maybe_checkpoint()
                 epochs_bar.update(1)
                 epochs_bar.set_postfix({cfg.valid_metric: record['valid'].get(
-                    cfg.valid_metric, float('nan')), 'best': self.best_value})
+                    cfg.valid_metric, float('nan')), 'best': state.best_value})
                 for cb in self.callbacks:
                     cb(self, record)
             else:
-                if self.bad_epochs > cfg.patience:
+                if self.should_stop():
                     status = 'early_stopped'
         except KeyboardInterrupt:
             epochs_bar.close()
             return self._interrupted(total_before, start)
         except TrainingDivergedError as e:
-            self.timings['total_s'] = total_before + time.perf_counter() - start
+            state.timings['total_s'] = total_before + time.perf_counter() - start
             self._log(str(e))
-            self._write_best()
-            if self.epoch > 0:
-                self._write_results('diverged', error=str(e))
+            self.recorder.write_best(state)
+            if state.epoch > 0:
+                self.recorder.write_results('diverged', state, error=str(e))
             self._close(epochs_bar)
             raise
         except BaseException:
             self._close(epochs_bar)
             raise
-        self.timings['total_s'] = total_before + time.perf_counter() - start
+        state.timings['total_s'] = total_before + time.perf_counter() - start
         if status == 'early_stopped':
             self._log(f'early stopping: {cfg.valid_metric} has not improved for '
-                      f'{self.bad_epochs} epochs (patience {cfg.patience})')
+                      f'{state.bad_epochs} epochs (patience {cfg.patience})')
         self._finish(status)
         self._close(epochs_bar)
         return self._result(status)
 
-    def _evaluate_only(self) -> TrainResult:
-        """A model with nothing to train: evaluate once as epoch 0."""
-        t0 = time.perf_counter()
-        valid = self.evaluator(self.model, 'valid') if self.has_valid else {}
-        test = self.evaluator(self.model, 'test') if self.has_test else {}
-        eval_s = time.perf_counter() - t0
-        self.epoch, self.best_epoch = 1, 0
-        self.best_valid, self.best_test = valid, test
-        self.best_value = valid.get(self.config.valid_metric, -math.inf)
-        self.best_state = {k: v.detach().clone()
-                           for k, v in self.model.state_dict().items()}
-        self.history = [{'epoch': 0, 'loss': {}, 'train_s': 0.0, 'eval_s': eval_s,
-                         'valid': valid, 'test': test, 'best': True}]
-        self.timings['eval_s'] = eval_s
-        self.timings['total_s'] = eval_s
-        self.warnings = list(dict.fromkeys(self.warnings + self._split_warnings()))
-        self._log(f'valid {_fmt(valid)} | test {_fmt(test)}')
-        self._write_best()
-        self._write_results('evaluated')
-        self._close()
-        return self._result('evaluated')
-
-    def _interrupted(self, total_before: float, start: float) -> TrainResult:
-        self.timings['total_s'] = total_before + time.perf_counter() - start
-        if self._session_epochs == 0:
-            self._log(f'interrupted during epoch {self.epoch} before it completed; '
-                      f'nothing was written'
-                      + (f' (the checkpoints of epoch {self.epoch - 1} are kept)'
-                         if self.epoch > 0 and self.output_dir else ''))
-            if self.restore_best:
-                self.load_best()
-            self._close()
-            return self._result('interrupted')
-        resume_from = self._written_epoch - 1
-        self._write_best()
-        self._write_results('interrupted')
-        self._log(f'interrupted during epoch {self.epoch}; '
-                  + (f'resume continues after epoch {resume_from} (last.pt)'
-                     if self.output_dir and resume_from >= 0 else
-                     'no last.pt was written yet' if self.output_dir else
-                     'nothing is saved (no output directory)')
-                  + (f'; best.pt holds epoch {self.best_epoch}'
-                     if self.output_dir and self.best_epoch >= 0 else ''))
-        if self.restore_best:
-            self.load_best()
-        self._close()
-        return self._result('interrupted')
-
-    def _finish(self, status: str) -> None:
-        self.warnings = list(dict.fromkeys(
-            self.warnings + self._split_warnings() + list(self._diagnose())))
-        for w in self.warnings:
-            self._log(f'warning: {w}')
-        self._write_last()
-        self._write_best()
-        self._write_results(status)
-        if self.restore_best:
-            self.load_best()
-        if self.best_epoch >= 0:
-            self._log(f'best epoch {self.best_epoch}: valid {_fmt(self.best_valid)} | '
-                      f'test {_fmt(self.best_test)}')
-
-    def _split_warnings(self) -> List[str]:
-        """What the results lack because the data have no valid or test split."""
-        out = []
-        if not self.has_valid:
-            out.append('the data have no validation interactions (x_label 1): no '
-                       'valid metrics, no early stopping, and the last epoch is '
-                       'reported')
-        if not self.has_test:
-            out.append('the data have no test interactions (x_label 2): no test '
-                       'metrics were computed')
-        return out
-
-    def _diagnose(self) -> List[str]:
-        diagnose = getattr(self.model, 'diagnose', None)
-        return diagnose(self.history) if callable(diagnose) else []
-
     def _run_epoch(self, epoch: int) -> Dict[str, Any]:
-        cfg = self.config
-        model, opt = self.model, self.optimizer
-        step = self.step if self.step is not None else TrainingStep(model, opt)
+        """One epoch: train, evaluate, record and report it."""
+        cfg, model = self.config, self.model
         extra = model.on_epoch_start(epoch) if hasattr(model, 'on_epoch_start') else None
-        lr = opt.param_groups[0]['lr']
-        model.train()
+        lr = self.optimizer.param_groups[0]['lr']
         t0 = time.perf_counter()
+        losses = self._train_epoch(epoch)
+        train_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        valid, test, value = self.evaluate_epoch(epoch)
+        eval_s = time.perf_counter() - t1
+        best = test is not None
+        self.state.timings['train_s'] += train_s
+        self.state.timings['eval_s'] += eval_s
+        record: Dict[str, Any] = {'epoch': epoch, 'lr': lr, **(extra or {}),
+                                  'loss': losses, 'train_s': train_s, 'eval_s': eval_s,
+                                  'valid': valid, 'best': best}
+        if test is not None:
+            record['test'] = test
+        self.state.history.append(record)
+        shown = ' '.join(f'{k} {v:.4g}' for k, v in losses.items() if k != 'total')
+        extras = ''.join(f' {k}={v}' for k, v in (extra or {}).items())
+        metric = (f'valid {cfg.valid_metric} {value:.4f}' if self.has_valid else
+                  'no valid split')
+        self._log(f'epoch {epoch:4d} | train {train_s:6.1f}s | loss '
+                  f'{losses.get("total", float("nan")):.4f} ({shown}){extras} | eval '
+                  f'{eval_s:5.1f}s | {metric}'
+                  + (' *' if best else
+                     f' (no improvement for {self.state.bad_epochs})'))
+        return record
+
+    def _train_epoch(self, epoch: int) -> Dict[str, float]:
+        """The steps of one epoch; the mean of each loss part over its batches."""
+        cfg, step = self.config, self.step
+        self.model.train()
         num_batches = self.pairs.num_batches(cfg.batch_size)
         names: Optional[List[str]] = None
         sums = None
         recent: List[torch.Tensor] = []
         check_every = 1 if self.device.type == 'cpu' else _CUDA_CHECK_EVERY
-        bar = self._bar(total=num_batches, desc=f'epoch {epoch}', unit='batch',
-                        leave=False)
+        bar = self.recorder.bar(total=num_batches, desc=f'epoch {epoch}',
+                                unit='batch', leave=False)
         try:
-            for b, batch in enumerate(
-                    self.pairs.epoch(cfg.batch_size, self.generator, self.device)):
+            for b, batch in enumerate(self.pairs.epoch(cfg.batch_size,
+                                                       self.state.generator,
+                                                       self.device)):
                 parts = step.forward(batch)
                 if names is None:
                     names = _part_names(parts)
@@ -648,43 +569,31 @@ class Trainer:
         self.scheduler.step()
         if self.device.type == 'cuda':
             torch.cuda.synchronize(self.device)
-        train_s = time.perf_counter() - t0
-        means = (step.reduce(sums) / max(num_batches, 1)).tolist() \
-            if sums is not None else []
-        losses = dict(zip(names or [], means))
+        if sums is None:
+            return {}
+        return dict(zip(names, (step.reduce(sums) / max(num_batches, 1)).tolist()))
 
-        t1 = time.perf_counter()
+    def evaluate_epoch(self, epoch: int
+                       ) -> Tuple[Dict[str, float], Optional[Dict[str, float]], float]:
+        """Evaluate after ``epoch`` and count it for early stopping:
+        ``(valid metrics, test metrics or None, the selection value)``.
+
+        The test split is evaluated only when the valid metric reached a new best
+        (``test`` is then not ``None``), which resets the patience counter; otherwise
+        the counter grows, once ``patience_warmup`` epochs have passed. Without a
+        valid split every epoch is the newest best.
+        """
+        cfg, state, model = self.config, self.state, self.model
         valid = self.evaluator(model, 'valid') if self.has_valid else {}
         value = valid.get(cfg.valid_metric, 0.0) if self.has_valid else float(epoch)
-        best = value > self.best_value
         test = None
-        if best:
+        if value > state.best_value:
             test = self.evaluator(model, 'test') if self.has_test else {}
-            self.best_value, self.best_epoch = value, epoch
-            self.best_valid, self.best_test = valid, test
-            self.best_state = {k: v.detach().clone()
-                               for k, v in model.state_dict().items()}
-            self.bad_epochs = 0
+            state.set_best(epoch, value, valid, test, model)
+            state.bad_epochs = 0
         elif epoch >= cfg.patience_warmup:
-            self.bad_epochs += 1
-        eval_s = time.perf_counter() - t1
-        self.timings['train_s'] += train_s
-        self.timings['eval_s'] += eval_s
-        record: Dict[str, Any] = {'epoch': epoch, 'lr': lr, **(extra or {}),
-                                  'loss': losses, 'train_s': train_s, 'eval_s': eval_s,
-                                  'valid': valid, 'best': best}
-        if test is not None:
-            record['test'] = test
-        self.history.append(record)
-        shown = ' '.join(f'{k} {v:.4g}' for k, v in losses.items() if k != 'total')
-        extras = ''.join(f' {k}={v}' for k, v in (extra or {}).items())
-        metric = (f'valid {cfg.valid_metric} {value:.4f}' if self.has_valid else
-                  'no valid split')
-        self._log(f'epoch {epoch:4d} | train {train_s:6.1f}s | loss '
-                  f'{losses.get("total", float("nan")):.4f} ({shown}){extras} | eval '
-                  f'{eval_s:5.1f}s | {metric}'
-                  + (' *' if best else f' (no improvement for {self.bad_epochs})'))
-        return record
+            state.bad_epochs += 1
+        return valid, test, value
 
     def _check_recent(self, epoch: int, b: int, num_batches: int, names: List[str],
                       recent: List[torch.Tensor]) -> None:
@@ -703,9 +612,9 @@ class Trainer:
                           names: List[str], values: torch.Tensor,
                           applied: int = 0) -> str:
         parts = ', '.join(f'{n}={v:.6g}' for n, v in zip(names, values.tolist()))
-        kept = (f'the checkpoints on disk (last.pt after epoch '
-                f'{self._written_epoch - 1}) are kept'
-                if self.last_path and self._written_epoch > 0 else
+        written = self.recorder.last_epoch
+        kept = (f'the checkpoints on disk (last.pt after epoch {written - 1}) are kept'
+                if self.last_path and written > 0 else
                 'no checkpoint had been written')
         step = ('the step was not applied' if applied == 0 else
                 f'{applied} step(s) were applied before the check on the GPU')
@@ -713,116 +622,106 @@ class Trainer:
                 f'{parts}; {step} and training stopped; {kept}. Lower the learning '
                 f'rate or check the data for extreme feature values.')
 
-    def load_best(self) -> bool:
-        """Put the best epoch's weights into the model (from memory or ``best.pt``)."""
-        state = self.best_state
-        if state is None and self.best_path is not None and self._best_written >= 0 \
-                and self.best_path.is_file():  # not an earlier run's best.pt
-            state = load_checkpoint(self.best_path)['model']
-        if state is None:
-            return False
-        self.model.load_state_dict(state)
-        return True
-
-    # -- outputs ----------------------------------------------------------------------
+    # -- endings ------------------------------------------------------------------------
     def _maybe_checkpoint(self) -> None:
-        if self.output_dir is None:
-            return
-        interval = self.config.checkpoint_interval_s
-        if interval == 0 or time.monotonic() - self._last_write >= interval:
-            self._write_last()
-            self._write_best()
-            self._write_results('running')
+        recorder = self.recorder
+        if recorder.writes and recorder.due():
+            recorder.write_last(self.state, self.state_dict)
+            recorder.write_best(self.state)
+            recorder.write_results('running', self.state)
 
-    def _write_config(self) -> None:
-        """``config.yaml``, after the run's first checkpoint or results (so a run
-        stopped before that leaves an earlier run's files as they were)."""
-        if self._config_written or self.output_dir is None or self.run_config is None:
-            return
-        self.run_config.to_yaml(self.output_dir / 'config.yaml')
-        self._config_written = True
-
-    def _write_last(self) -> None:
-        if self.output_dir is None or self.optimizer is None or \
-                (self._written_epoch == self.epoch and self.last_path.is_file()):
-            return
+    def _evaluate_only(self) -> TrainResult:
+        """A model with nothing to train: evaluate once as epoch 0."""
+        state = self.state
         t0 = time.perf_counter()
-        save_checkpoint(self.last_path, self.state_dict())
-        self._write_config()
-        self._written_epoch = self.epoch
-        self._last_write = time.monotonic()
-        self.timings['checkpoint_s'] = self.timings.get('checkpoint_s', 0.0) + \
-            time.perf_counter() - t0
+        valid = self.evaluator(self.model, 'valid') if self.has_valid else {}
+        test = self.evaluator(self.model, 'test') if self.has_test else {}
+        eval_s = time.perf_counter() - t0
+        state.epoch = 1
+        state.set_best(0, valid.get(self.config.valid_metric, -math.inf), valid, test,
+                       self.model)
+        state.history = [{'epoch': 0, 'loss': {}, 'train_s': 0.0, 'eval_s': eval_s,
+                          'valid': valid, 'test': test, 'best': True}]
+        state.timings['eval_s'] = eval_s
+        state.timings['total_s'] = eval_s
+        state.add_warnings(self._split_warnings())
+        self._log(f'valid {_fmt(valid)} | test {_fmt(test)}')
+        self.recorder.write_best(state)
+        self.recorder.write_results('evaluated', state)
+        self._close()
+        return self._result('evaluated')
 
-    def _write_best(self) -> None:
-        if self.output_dir is None or self.best_state is None or \
-                self.best_epoch == self._best_written:
-            return
-        t0 = time.perf_counter()
-        state = self._common_state()
-        # the weights are those after epoch best_epoch
-        state.update({'kind': 'best', 'model': self.best_state,
-                      'epoch': self.best_epoch + 1})
-        save_checkpoint(self.best_path, state)
-        self._write_config()
-        self._best_written = self.best_epoch
-        self.timings['checkpoint_s'] = self.timings.get('checkpoint_s', 0.0) + \
-            time.perf_counter() - t0
+    def _interrupted(self, total_before: float, start: float) -> TrainResult:
+        state = self.state
+        state.timings['total_s'] = total_before + time.perf_counter() - start
+        if self._session_epochs == 0:
+            self._log(f'interrupted during epoch {state.epoch} before it completed; '
+                      f'nothing was written'
+                      + (f' (the checkpoints of epoch {state.epoch - 1} are kept)'
+                         if state.epoch > 0 and self.output_dir else ''))
+            if self.restore_best:
+                self.load_best()
+            self._close()
+            return self._result('interrupted')
+        resume_from = self.recorder.last_epoch - 1
+        self.recorder.write_best(state)
+        self.recorder.write_results('interrupted', state)
+        self._log(f'interrupted during epoch {state.epoch}; '
+                  + (f'resume continues after epoch {resume_from} (last.pt)'
+                     if self.output_dir and resume_from >= 0 else
+                     'no last.pt was written yet' if self.output_dir else
+                     'nothing is saved (no output directory)')
+                  + (f'; best.pt holds epoch {state.best_epoch}'
+                     if self.output_dir and state.best_epoch >= 0 else ''))
+        if self.restore_best:
+            self.load_best()
+        self._close()
+        return self._result('interrupted')
 
-    def _result(self, status: str) -> TrainResult:
-        return TrainResult(status=status, best_epoch=self.best_epoch,
-                           valid=dict(self.best_valid), test=dict(self.best_test),
-                           epochs=self.epoch, history=list(self.history),
-                           timings=self._timings(),
-                           output_dir=str(self.output_dir) if self.output_dir else None,
-                           warnings=list(self.warnings),
-                           new_epochs=self._session_epochs, model=self.model)
+    def _finish(self, status: str) -> None:
+        state = self.state
+        state.add_warnings(self._split_warnings() + list(self._diagnose()))
+        for w in state.warnings:
+            self._log(f'warning: {w}')
+        self.recorder.write_last(state, self.state_dict)
+        self.recorder.write_best(state)
+        self.recorder.write_results(status, state)
+        if self.restore_best:
+            self.load_best()
+        if state.best_epoch >= 0:
+            self._log(f'best epoch {state.best_epoch}: valid {_fmt(state.best_valid)} | '
+                      f'test {_fmt(state.best_test)}')
 
-    def _timings(self) -> Dict[str, float]:
-        t = dict(self.timings)
-        n = len(self.history)
-        if n:
-            t['mean_epoch_train_s'] = sum(r['train_s'] for r in self.history) / n
-            t['mean_epoch_eval_s'] = sum(r['eval_s'] for r in self.history) / n
-        return t
-
-    def results(self, status: str, error: Optional[str] = None) -> Dict[str, Any]:
-        """The content of ``results.json``."""
-        out = {
-            'status': status,
-            'model': getattr(self.model, 'name', '') or type(self.model).__name__,
-            'best_epoch': self.best_epoch,
-            'valid_metric': self.config.valid_metric,
-            'valid': self.best_valid,
-            'test': self.best_test,
-            'epochs': self.epoch,
-            'warnings': self.warnings,
-            'config': (to_dict(self.run_config) if self.run_config else
-                       {'train': to_dict(self.config)}),
-            'data': self.data_spec,
-            'dataset': self._dataset_shape(),
-            'history': self.history,
-            'timings': self._timings(),
-            'environment': environment(self.device),
-        }
-        if self.output_dir is not None:
-            out['checkpoints'] = {'best': str(self.best_path),
-                                  'last': str(self.last_path)}
-        if error is not None:
-            out['error'] = error
+    def _split_warnings(self) -> List[str]:
+        """What the results lack because the data have no valid or test split."""
+        out = []
+        if not self.has_valid:
+            out.append('the data have no validation interactions (x_label 1): no '
+                       'valid metrics, no early stopping, and the last epoch is '
+                       'reported')
+        if not self.has_test:
+            out.append('the data have no test interactions (x_label 2): no test '
+                       'metrics were computed')
         return out
 
-    def _write_results(self, status: str, error: Optional[str] = None) -> None:
-        if self.results_path is not None:
-            write_json(self.results_path, self.results(status, error))
-            self._write_config()
+    def _diagnose(self) -> List[str]:
+        diagnose = getattr(self.model, 'diagnose', None)
+        return diagnose(self.state.history) if callable(diagnose) else []
+
+    def _result(self, status: str) -> TrainResult:
+        state = self.state
+        return TrainResult(status=status, best_epoch=state.best_epoch,
+                           valid=dict(state.best_valid), test=dict(state.best_test),
+                           epochs=state.epoch, history=list(state.history),
+                           timings=state.timing_summary(),
+                           output_dir=str(self.output_dir) if self.output_dir else None,
+                           warnings=list(state.warnings),
+                           new_epochs=self._session_epochs, model=self.model)
 
     def _close(self, bar=None) -> None:
         if bar is not None:
             bar.close()
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
+        self.recorder.close()
 
 
 def _part_names(parts: Any) -> List[str]:
@@ -830,42 +729,6 @@ def _part_names(parts: Any) -> List[str]:
         raise TypeError(f"model.loss must return a dict of named 0-dim tensors with "
                         f"'total', got {type(parts).__name__}")
     return ['total'] + [k for k in parts if k != 'total']
-
-
-@contextlib.contextmanager
-def _deterministic(enabled: bool, device: torch.device):
-    """``torch.use_deterministic_algorithms(enabled)`` for the block, then restored."""
-    before = torch.are_deterministic_algorithms_enabled()
-    before_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    if enabled and device.type == 'cuda':
-        # cuBLAS needs a fixed workspace for repeatable results
-        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
-    torch.use_deterministic_algorithms(enabled, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before, warn_only=before_warn)
-
-
-@contextlib.contextmanager
-def _stop_on_sigterm():
-    """Within the block, SIGTERM (``kill``, a batch scheduler's stop) stops training
-    the way Ctrl-C does: best weights written and restored, results written. Only in
-    the main thread, where Python delivers signals."""
-    import signal
-    import threading
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum, frame):
-        raise KeyboardInterrupt(f'signal {signum}')
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _fmt(metrics: Dict[str, float]) -> str:
