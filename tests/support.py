@@ -155,6 +155,29 @@ def numpy_bipartite_adjacency(data, edges: Optional[np.ndarray] = None) -> np.nd
     return A
 
 
+def loss_and_grads(model, batch) -> Tuple[Dict[str, Tensor], Dict[str, Optional[Tensor]]]:
+    """``model.loss(batch)`` and the gradients of its ``'total'`` per parameter name
+    (``None`` where a parameter got none); the model's gradients are zeroed after."""
+    parts = model.loss(batch)
+    parts['total'].backward()
+    grads = {n: None if p.grad is None else p.grad.clone()
+             for n, p in model.named_parameters()}
+    model.zero_grad()
+    return parts, grads
+
+
+def assert_grads_match(model, total: Tensor, grads: Mapping[str, Optional[Tensor]],
+                       rtol: float = 1e-9, atol: float = 1e-12) -> None:
+    """Backpropagate the plain computation's ``total`` and compare every parameter's
+    gradient with ``grads`` (from :func:`loss_and_grads`)."""
+    total.backward()
+    for name, p in model.named_parameters():
+        if grads[name] is None:
+            assert p.grad is None or not p.grad.any(), name
+            continue
+        torch.testing.assert_close(grads[name], p.grad, rtol=rtol, atol=atol, msg=name)
+
+
 # -- learning through the command line ---------------------------------------------
 def train_through_cli(tmp_path: Path, name: str, *flags: str) -> dict:
     """``mambarec train --synthetic tiny --model.name NAME`` on the CPU, quietly, into

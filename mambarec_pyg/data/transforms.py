@@ -298,7 +298,7 @@ class UserCooccurrence(GraphTransform):
         return f'UserCooccurrence(k={self.k})'
 
 
-class ItemCooccurrence(GraphTransform):
+class ItemCooccurrence(UserCooccurrence):
     r"""The item-item co-occurrence graph of the **training** interactions (DA-MRS's
     behaviour graph, its ``build_iib_graph.py``).
 
@@ -309,7 +309,8 @@ class ItemCooccurrence(GraphTransform):
     (``cooccur{k}``, with ``_min{c}`` for ``min_count`` above 1) with ``edge_index``
     (row 0 the neighbour, row 1 the item) and ``edge_weight`` :math:`c_{ij}`
     (float64). It is :func:`~mambarec_pyg.data.graphs.user_cooccurrence_edges` with
-    the roles of users and items swapped; only the training split is read.
+    the roles of users and items swapped (its outputs and inputs are
+    :class:`UserCooccurrence`'s); only the training split is read.
 
     Args:
         k (int): neighbours kept per item. (default: ``2``, MMRec's
@@ -330,12 +331,6 @@ class ItemCooccurrence(GraphTransform):
         suffix = f'_min{self.min_count}' if self.min_count > 1 else ''
         return ('item', cooccurrence_relation(self.k) + suffix, 'item')
 
-    def outputs(self, data):
-        return [(self.edge_type, 'edge_index'), (self.edge_type, 'edge_weight')]
-
-    def inputs(self, data):
-        return [data[UI].edge_index]
-
     def compute(self, data):
         # the top k by count come first, so dropping small counts afterwards keeps
         # the top k of the counts >= min_count
@@ -350,15 +345,16 @@ class ItemCooccurrence(GraphTransform):
         return f'ItemCooccurrence(k={self.k}, min_count={self.min_count})'
 
 
-class DenoisedItemKNN(GraphTransform):
+class DenoisedItemKNN(ItemKNN):
     r"""DA-MRS's denoised kNN item-item graphs, one per modality, on the item pairs
     similar (above the modality's mean cosine similarity) in every modality
     (:func:`~mambarec_pyg.data.graphs.denoised_knn_edges` gives the definition).
 
     Stores ``data['item', denoised_knn_relation(m, k), 'item']`` with
     ``edge_index`` (row 0 the neighbour, row 1 the item) and ``edge_weight``
-    (binary, normalised by the row degrees; float64). Every modality's graph depends
-    on all the modalities used.
+    (binary, normalised by the row degrees; float64), like :class:`ItemKNN` (whose
+    modality selection, outputs and inputs it shares). Every modality's graph
+    depends on all the modalities used.
 
     Args:
         k (int): neighbours per item at most, itself included. (default: ``10``)
@@ -367,21 +363,10 @@ class DenoisedItemKNN(GraphTransform):
     """
 
     def __init__(self, k: int = 10, modalities: Optional[Sequence[str]] = None) -> None:
-        self.k = int(k)
-        self.modalities = None if modalities is None else tuple(modalities)
+        super().__init__(k, 'binary', modalities)
 
-    def _modalities(self, data) -> Tuple[str, ...]:
-        return ItemKNN._modalities(self, data)
-
-    def edge_type(self, modality: str) -> EdgeType:
-        return ('item', denoised_knn_relation(modality, self.k), 'item')
-
-    def outputs(self, data):
-        return [(self.edge_type(m), a) for m in self._modalities(data)
-                for a in ('edge_index', 'edge_weight')]
-
-    def inputs(self, data):
-        return [data['item'][m] for m in self._modalities(data)]
+    def relation(self, modality: str) -> str:
+        return denoised_knn_relation(modality, self.k)
 
     def compute(self, data):
         mods = self._modalities(data)

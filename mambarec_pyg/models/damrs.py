@@ -115,7 +115,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..config import ConfigError, ModelConfig, check_positive_int, check_range
+from ..config import (ConfigError, ModelConfig, check_nonnegative_int,
+                     check_positive_int, check_range)
 from ..data.graphs import binary_graph_weights, sparse_from_edges
 from ..data.index import UI
 from ..data.sampling import BPRBatch
@@ -169,10 +170,7 @@ class DAMRSConfig(ModelConfig):
         for name in ('embedding_size', 'knn_k', 'behavior_k', 'num_pseudo_labels'):
             check_positive_int(f'model.{name}', getattr(self, name))
         for name in ('n_ui_layers', 'n_mm_layers'):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ConfigError(f'model.{name}: expected an integer >= 0, got '
-                                  f'{value!r}')
+            check_nonnegative_int(f'model.{name}', getattr(self, name))
         check_range('model.kl_weight', self.kl_weight, 0.0)
         check_range('model.neighbor_weight', self.neighbor_weight, 0.0)
         check_range('model.temperature', self.temperature, 0.0, low_open=True)

@@ -74,8 +74,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Linear
 
-from ..config import ConfigError, ModelConfig, check_choice, check_positive_int, \
-    check_range
+from ..config import (ConfigError, ModelConfig, check_choice, check_nonnegative_int,
+                     check_positive_int, check_range)
 from ..data.index import UI
 from ..data.sampling import BPRBatch
 from ..data.transforms import UserItemNorm
@@ -127,10 +127,7 @@ class MMGCFConfig(ModelConfig):
     def __post_init__(self) -> None:
         check_positive_int('model.embedding_size', self.embedding_size)
         check_positive_int('model.feat_embed_dim', self.feat_embed_dim)
-        if not isinstance(self.n_ui_layers, int) or isinstance(self.n_ui_layers, bool) \
-                or self.n_ui_layers < 0:
-            raise ConfigError(f'model.n_ui_layers: expected an integer >= 0, got '
-                              f'{self.n_ui_layers!r}')
+        check_nonnegative_int('model.n_ui_layers', self.n_ui_layers)
         check_range('model.reg_weight', self.reg_weight, 0.0)
         check_range('model.dropout', self.dropout, 0.0, 1.0, high_open=True)
         check_choice('model.fusion_mode', self.fusion_mode, FUSION_MODES)

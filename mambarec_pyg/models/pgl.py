@@ -97,8 +97,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Linear
 
-from ..config import ConfigError, ModelConfig, check_choice, check_positive_int, \
-    check_range
+from ..config import (ConfigError, ModelConfig, check_choice, check_nonnegative_int,
+                     check_positive_int, check_range)
 from ..data.index import UI
 from ..data.sampling import BPRBatch
 from ..data.transforms import ItemKNN, PrincipalGraph, UserItemNorm
@@ -156,10 +156,7 @@ class PGLConfig(ModelConfig):
         for name in ('embedding_size', 'knn_k', 'svd_rank'):
             check_positive_int(f'model.{name}', getattr(self, name))
         for name in ('n_ui_layers', 'n_mm_layers'):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ConfigError(f'model.{name}: expected an integer >= 0, got '
-                                  f'{value!r}')
+            check_nonnegative_int(f'model.{name}', getattr(self, name))
         check_choice('model.mode', self.mode, ('local', 'global'))
         check_range('model.mm_image_weight', self.mm_image_weight, 0.0, 1.0)
         check_range('model.keep_rate', self.keep_rate, 0.0, 1.0, low_open=True)

@@ -103,7 +103,8 @@ import torch
 from torch import Tensor
 from torch.nn import Linear
 
-from ..config import ConfigError, ModelConfig, check_positive_int, check_range
+from ..config import (ModelConfig, check_nonnegative_int, check_positive_int,
+                     check_range)
 from ..data.graphs import sparse_from_edges
 from ..data.index import UI
 from ..data.sampling import BPRBatch
@@ -170,10 +171,7 @@ class SMOREConfig(ModelConfig):
         for name in ('embedding_size', 'image_knn_k', 'text_knn_k', 'knn_k'):
             check_positive_int(f'model.{name}', getattr(self, name))
         for name in ('n_ui_layers', 'n_layers'):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ConfigError(f'model.{name}: expected an integer >= 0, got '
-                                  f'{value!r}')
+            check_nonnegative_int(f'model.{name}', getattr(self, name))
         check_range('model.reg_weight', self.reg_weight, 0.0)
         check_range('model.cl_weight', self.cl_weight, 0.0)
         check_range('model.cl_temperature', self.cl_temperature, 0.0, low_open=True)

@@ -82,7 +82,7 @@ def user_item_matrices(data, dtype: Optional[torch.dtype] = None
 
 
 def edge_matrix(data, edge_type, dtype: Optional[torch.dtype] = None) -> Tensor:
-    """The CSR propagation matrix (rows are targets) of the weighted edge type
+    r"""The CSR propagation matrix (rows are targets) of the weighted edge type
     ``edge_type`` on ``data`` (e.g. a kNN graph of
     :class:`~mambarec_pyg.data.transforms.ItemKNN`), on the CPU.
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from support import (assert_beats_popularity, default_dtype, feature_variants,
+from support import (assert_beats_popularity, assert_grads_match, default_dtype,
+                     feature_variants, loss_and_grads, numpy_normalized_adjacency,
                      random_batch, train_through_cli)
 
 from mambarec_pyg.config import ConfigError
@@ -99,10 +100,7 @@ def test_behavior_graph_matches_numpy(tiny_data, k):
 
 def _plain_forward(model, data):
     U = model.num_users
-    from support import numpy_bipartite_adjacency
-    A = numpy_bipartite_adjacency(data)
-    inv = np.where(A.sum(1) > 0, A.sum(1), 1.0) ** -0.5
-    A = torch.from_numpy(inv[:, None] * A * inv[None, :])
+    A = numpy_normalized_adjacency(data)
     E = torch.cat([model.user_embedding.weight, model.item_embedding.weight])
     h, out = E, E
     for _ in range(model.config.n_ui_layers):
@@ -181,11 +179,8 @@ def test_forward_loss_and_gradients_match_mmrecs_formulas(variants, variant):
                                atol=1e-12)
 
     batch = random_batch(data, 48, seed=4)
-    parts = model.loss(batch)
+    parts, grads = loss_and_grads(model, batch)
     assert set(parts) == {'total', 'bpr', 'nd', 'kl'}
-    parts['total'].backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
     user, item, views = _plain_forward(model, data)
     bpr, nd, kl, total, (w_pos, w_neg) = _mmrec_loss(model, batch, user, item, views,
                                                      0.7, 0.3, K=5)
@@ -194,10 +189,7 @@ def test_forward_loss_and_gradients_match_mmrecs_formulas(variants, variant):
     torch.testing.assert_close(parts['nd'], nd)
     torch.testing.assert_close(parts['kl'], kl)
     torch.testing.assert_close(parts['total'], total)
-    total.backward()
-    for name, p in model.named_parameters():
-        torch.testing.assert_close(grads[name], p.grad, rtol=1e-8, atol=1e-11,
-                                   msg=name)
+    assert_grads_match(model, total, grads, rtol=1e-8, atol=1e-11)
 
 
 @pytest.mark.parametrize('dtype', [torch.float64, torch.float32])

@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from support import (assert_beats_popularity, default_dtype, feature_variants,
-                     numpy_bipartite_adjacency, random_batch, train_through_cli)
+from support import (assert_beats_popularity, assert_grads_match, default_dtype,
+                     feature_variants, loss_and_grads, numpy_normalized_adjacency,
+                     random_batch, train_through_cli)
 
 from mambarec_pyg.config import ConfigError
 from mambarec_pyg.models import MMGCF, MMGCFConfig
@@ -24,12 +25,6 @@ def _build(data, **kwargs) -> MMGCF:
     torch.manual_seed(0)
     with default_dtype(torch.float64):
         return MMGCF(data, MMGCFConfig(**kwargs))
-
-
-def _adjacency(data):
-    A = numpy_bipartite_adjacency(data)
-    inv = np.where(A.sum(1) > 0, A.sum(1), 1.0) ** -0.5
-    return torch.from_numpy(inv[:, None] * A * inv[None, :])
 
 
 def _plain(model, data, A):
@@ -74,18 +69,15 @@ def test_forward_loss_and_gradients_match_a_plain_computation(variants, variant,
     data = variants[variant]
     model = _build(data, n_ui_layers=3, reg_weight=0.07, fusion_mode=fusion_mode,
                    weighting=weighting).eval()  # eval: the full graph
-    A = _adjacency(data)
+    A = numpy_normalized_adjacency(data)
     user, item = model.embed()
     pu, pi = _plain(model, data, A)
     torch.testing.assert_close(user, pu, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(item, pi, rtol=1e-10, atol=1e-12)
 
     batch = random_batch(data, 40, seed=2, nominal_size=64)
-    parts = model.loss(batch)
+    parts, grads = loss_and_grads(model, batch)
     assert set(parts) == {'total', 'bpr', 'reg'}
-    parts['total'].backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
     u, i, j = batch
     pu, pi = _plain(model, data, A)
     bpr = -F.logsigmoid((pu[u] * pi[i]).sum(1) - (pu[u] * pi[j]).sum(1)).mean()
@@ -94,10 +86,7 @@ def test_forward_loss_and_gradients_match_a_plain_computation(variants, variant,
     reg = 0.07 * (Eu[u].norm() ** 2 + Ei[i].norm() ** 2 + Ei[j].norm() ** 2) / 80
     torch.testing.assert_close(parts['bpr'], bpr)
     torch.testing.assert_close(parts['reg'], reg)
-    (bpr + reg).backward()
-    for name, p in model.named_parameters():
-        torch.testing.assert_close(grads[name], p.grad, rtol=1e-9, atol=1e-12,
-                                   msg=name)
+    assert_grads_match(model, bpr + reg, grads)
 
 
 def test_layers_that_exist(tiny_data, variants):
@@ -116,7 +105,7 @@ def test_without_features_it_is_lightgcn(variants, tiny_data):
     data = with_item_features(tiny_data, {})
     model = _build(data, n_ui_layers=2).eval()
     user, item = model.embed()
-    pu, pi = _plain(model, data, _adjacency(data))
+    pu, pi = _plain(model, data, numpy_normalized_adjacency(data))
     torch.testing.assert_close(item, pi, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(user, pu, rtol=1e-10, atol=1e-12)
 
@@ -161,7 +150,7 @@ def test_config_defaults_grid_and_errors():
 
 def test_concat_with_another_feature_width(tiny_data):
     model = _build(tiny_data, feat_embed_dim=16, fusion_mode='concat').eval()
-    pu, pi = _plain(model, tiny_data, _adjacency(tiny_data))
+    pu, pi = _plain(model, tiny_data, numpy_normalized_adjacency(tiny_data))
     torch.testing.assert_close(model.embed()[1], pi, rtol=1e-10, atol=1e-12)
     assert pi.shape == (60, 64)
 

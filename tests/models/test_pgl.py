@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch_geometric.data import HeteroData
 
-from support import (assert_beats_popularity, default_dtype, feature_variants,
-                     numpy_bipartite_adjacency, random_batch, train_through_cli)
+from support import (assert_beats_popularity, assert_grads_match, default_dtype,
+                     feature_variants, loss_and_grads, numpy_normalized_adjacency,
+                     random_batch, train_through_cli)
 
 from mambarec_pyg.config import ConfigError
 from mambarec_pyg.data.errors import DataError
@@ -35,15 +36,9 @@ def _build(data, **kwargs) -> PGL:
         return PGL(data, PGLConfig(**kwargs))
 
 
-def _adjacency(data) -> np.ndarray:
-    A = numpy_bipartite_adjacency(data)
-    inv = np.where(A.sum(1) > 0, A.sum(1), 1.0) ** -0.5
-    return inv[:, None] * A * inv[None, :]
-
-
 def _numpy_principal(data, rank, threshold=1e-3) -> np.ndarray:
     """PGL's global_subgraph_extraction with numpy's dense SVD."""
-    u, s, vt = np.linalg.svd(_adjacency(data))
+    u, s, vt = np.linalg.svd(numpy_normalized_adjacency(data).numpy())
     n = rank // 4
     P = u[:, :n] @ np.diag(s[:n] * s[rank - n:rank]) @ vt[:n]
     return P * (np.abs(P) >= threshold)
@@ -118,7 +113,7 @@ def test_forward_loss_and_gradients_match_a_plain_computation(variants, variant,
     data = variants[variant]
     model = _build(data, mode=mode, n_ui_layers=2, n_mm_layers=2, knn_k=4,
                    svd_rank=16, cl_weight=0.3, dropout=0.4)
-    full = torch.from_numpy(_adjacency(data))
+    full = numpy_normalized_adjacency(data)
     for got, want in zip(model.eval_embeddings(), _plain(model, data, full)):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
@@ -138,11 +133,8 @@ def test_forward_loss_and_gradients_match_a_plain_computation(variants, variant,
     record = _RecordDropout()
     monkeypatch.setattr(pgl_module, 'F', record)
     batch = random_batch(data, 40, seed=3)
-    parts = model.loss(batch)
+    parts, grads = loss_and_grads(model, batch)
     assert set(parts) == {'total', 'bpr', 'cl'}
-    parts['total'].backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
 
     u, i, j = batch
     pu, pi = _plain(model, data, G)
@@ -170,10 +162,7 @@ def test_forward_loss_and_gradients_match_a_plain_computation(variants, variant,
     torch.testing.assert_close(parts['bpr'], bpr)
     torch.testing.assert_close(parts['cl'], cl)
     torch.testing.assert_close(parts['total'], bpr + 0.3 * cl)
-    (bpr + 0.3 * cl).backward()
-    for name, p in model.named_parameters():
-        torch.testing.assert_close(grads[name], p.grad, rtol=1e-9, atol=1e-12,
-                                   msg=name)
+    assert_grads_match(model, bpr + 0.3 * cl, grads)
 
 
 def test_cl_weight_zero_is_mmrecs_yaml(tiny_data):

@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from support import (assert_beats_popularity, default_dtype, feature_variants,
-                     numpy_bipartite_adjacency, random_batch, train_through_cli)
+from support import (assert_beats_popularity, assert_grads_match, default_dtype,
+                     feature_variants, loss_and_grads, numpy_normalized_adjacency,
+                     random_batch, train_through_cli)
 
 from mambarec_pyg.config import Config, ConfigError, DataConfig
 from mambarec_pyg.models import SMORE, SMOREConfig
@@ -128,9 +129,7 @@ def test_item_graphs_match_numpy(variants, variant):
 def _plain(model, data):
     """SMORE's forward as dense float64 matrices, the FFTs as DFT matrices."""
     U, d = model.num_users, model.config.embedding_size
-    A = numpy_bipartite_adjacency(data)
-    inv = np.where(A.sum(1) > 0, A.sum(1), 1.0) ** -0.5
-    A = torch.from_numpy(inv[:, None] * A * inv[None, :])
+    A = numpy_normalized_adjacency(data)
     R = A[:U, U:]
     # the kNN graphs as built (checked against numpy above), their maximum here
     graphs = {m: model.graphs[f'item_graph_{m}'].to_dense()
@@ -193,12 +192,9 @@ def test_forward_loss_and_gradients_match_a_plain_computation(variants, variant)
     torch.testing.assert_close(item, final[U:], rtol=1e-10, atol=1e-12)
 
     batch = random_batch(data, 40, seed=1, nominal_size=64)
-    parts = model.loss(batch)
+    parts, grads = loss_and_grads(model, batch)
     assert set(parts) == {'total', 'bpr', 'reg', 'cl'}
-    parts['total'].backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     assert all(g.abs().sum() > 0 for g in grads.values())
-    model.zero_grad()
 
     final, side, C = _plain(model, data)
     u, i, j = batch
@@ -211,10 +207,7 @@ def test_forward_loss_and_gradients_match_a_plain_computation(variants, variant)
     torch.testing.assert_close(parts['cl'], cl)
     total = bpr + reg + 0.2 * cl
     torch.testing.assert_close(parts['total'], total)
-    total.backward()
-    for name, p in model.named_parameters():
-        torch.testing.assert_close(grads[name], p.grad, rtol=1e-8, atol=1e-11,
-                                   msg=name)
+    assert_grads_match(model, total, grads, rtol=1e-8, atol=1e-11)
 
 
 def test_dropout_acts_on_the_preference_gates_in_training_only(tiny_data):
