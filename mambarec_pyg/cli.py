@@ -1,5 +1,5 @@
 """The ``mambarec`` command: train, evaluate, recommend, search, models, stats,
-prepare.
+prepare, export, serve.
 
 ::
 
@@ -10,6 +10,8 @@ prepare.
     mambarec train --config run.yaml --train.max-epochs 50 --resume --output runs/x
     mambarec evaluate runs/baby/best.pt --split test
     mambarec recommend runs/baby/best.pt --users 0,1,2 --k 20 --format json
+    mambarec export runs/baby/best.pt --output exports/baby
+    mambarec serve exports/baby --host 127.0.0.1 --port 8000
     mambarec stats --data data --dataset baby
     mambarec search --synthetic baby --output runs/grid
     mambarec prepare --ratings ratings_Baby.csv --meta meta_Baby.json.gz \\
@@ -33,9 +35,11 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import errno
 import io
 import json
 import math
+import os
 import sys
 import typing
 from pathlib import Path
@@ -296,6 +300,39 @@ def build_parser(model_name: str = DEFAULT_MODEL) -> argparse.ArgumentParser:
     _add_data_flags(st)
     st.set_defaults(func=cmd_stats, _parser=st)
 
+    x = sub.add_parser('export', help='export a checkpoint for serving',
+                       description='Write the final user and item embeddings, each '
+                       "user's training items, item popularity, the external id "
+                       'maps (when the data have them) and a manifest to DIR, for '
+                       '`mambarec serve`. The new version is published atomically '
+                       '(DIR/current); a running server picks it up on POST /reload '
+                       'or SIGHUP.', allow_abbrev=False)
+    x.add_argument('checkpoint', metavar='CHECKPOINT')
+    x.add_argument('--output', required=True, metavar='DIR', help='export directory')
+    x.add_argument('--overwrite', action='store_true', help='replace the export DIR '
+                   'holds (atomically; the previous version is kept for readers '
+                   'that still use it)')
+    x.add_argument('--keep', type=_arg_type(int), default=2, metavar='N',
+                   help='versions kept in DIR/versions (default: 2)')
+    x.add_argument('--no-id-maps', action='store_true', help="don't export the "
+                   "dataset's u_id_mapping.csv / i_id_mapping.csv (serve internal ids)")
+    x.add_argument('--device', default='auto')
+    x.add_argument('--data', dest='short_root', metavar='ROOT',
+                   help='where the MMRec dataset now lives, if it moved')
+    x.add_argument('--trust-checkpoint', action='store_true', help=trust)
+    x.set_defaults(func=cmd_export, _parser=x)
+
+    from .serve.config import add_arguments as add_serve_arguments
+    v = sub.add_parser('serve', help='answer recommendation requests over HTTP',
+                       description='Serve an export (mambarec export) with FastAPI on '
+                       'uvicorn: GET/POST /recommend, GET /similar, GET /health, GET '
+                       '/metadata, POST /reload (or SIGHUP). Needs the serve extra: '
+                       "pip install 'mambarec-pyg[serve]'. python -m "
+                       'mambarec_pyg.serve takes the same options and starts faster '
+                       '(it does not load torch).', allow_abbrev=False)
+    add_serve_arguments(v)
+    v.set_defaults(func=cmd_serve, _parser=v)
+
     try:
         from .experiments.cli import add_parsers as add_experiment_parsers
     except ImportError:  # pragma: no cover - the experiments package is optional
@@ -401,9 +438,14 @@ def _config(args: argparse.Namespace, require_data: bool = True) -> Config:
         base.setdefault(section, {})[name] = list(value) if isinstance(value,
                                                                        tuple) else value
     try:
-        return Config.from_dict(base)
+        config = Config.from_dict(base)
     except ConfigError as e:
         raise ConfigError(f'{where}: {e}' if where else str(e)) from None
+    # the options are read: a ConfigError from here on is about the run (data
+    # without a validation split, a resume with other settings), not the command
+    # line, so no usage line goes with it
+    args._options_read = True
+    return config
 
 
 def _default_name(config: Config) -> str:
@@ -565,7 +607,7 @@ def _user_ids(args: argparse.Namespace) -> List[int]:
         if not path.is_file():
             raise CommandError(f'{path}: users file not found')
         try:
-            text = path.read_text()
+            text = path.read_text(encoding='utf-8-sig')  # a BOM, as .inter allows
         except UnicodeDecodeError:
             raise CommandError(f'{path}: not a text file of user ids', 2) from None
         source = str(path)
@@ -657,6 +699,52 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .serve.export import ExportError, check_target, checkpoint_info, export_model
+    from .train.checkpoint import load_checkpoint
+    if args.keep < 1:
+        raise CommandError(f'--keep: expected a positive integer, got {args.keep}', 2)
+    try:  # before the model is loaded: refuse early
+        check_target(args.output, args.overwrite)
+    except FileExistsError as e:
+        raise CommandError(f'{e}'.replace('pass overwrite=True (--overwrite)',
+                                          'use --overwrite'), 1) from None
+    except ExportError as e:
+        raise CommandError(str(e), 1) from None
+    model, data, config = _load(args)
+    path = _checkpoint_path(args.checkpoint)
+    state = load_checkpoint(path, trusted=bool(args.trust_checkpoint))
+    state.pop('model', None)
+    spec = dict(state.get('data') or config.to_dict()['data'])
+    if args.short_root:
+        spec['root'] = str(Path(args.short_root).resolve())
+    try:
+        out = export_model(model, data, args.output, config=config,
+                           checkpoint=checkpoint_info(path, state), data_spec=spec,
+                           id_maps=None if args.no_id_maps else 'auto',
+                           overwrite=args.overwrite, keep=args.keep)
+    except FileExistsError as e:
+        raise CommandError(f'{e}'.replace('pass overwrite=True (--overwrite)',
+                                          'use --overwrite'), 1) from None
+    except ExportError as e:
+        raise CommandError(str(e), 1) from None
+    print(f'exported {type(model).name} ({model.num_users} users, {model.num_items} '
+          f'items) to {out}; serve with: mambarec serve {args.output}')
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve.config import from_arguments
+    from .serve.export import ExportError
+    config = from_arguments(args)
+    try:
+        from .serve.app import run_server
+        run_server(args.export_dir, config)
+    except (ExportError, ImportError) as e:
+        raise CommandError(str(e), 1) from None
+    return 0
+
+
 # ---------------------------------------------------------------------------------
 # Output helpers
 # ---------------------------------------------------------------------------------
@@ -719,7 +807,8 @@ def _main(argv: List[str]) -> int:
     try:
         return args.func(args)
     except ConfigError as e:
-        args._parser.print_usage(sys.stderr)
+        if not getattr(args, '_options_read', False):
+            args._parser.print_usage(sys.stderr)
         print(f'mambarec {args.command}: error: {e}', file=sys.stderr)
         return 2
     except CommandError as e:
@@ -729,8 +818,27 @@ def _main(argv: List[str]) -> int:
         return e.code
     except (errors.MambaRecError, FileNotFoundError, PermissionError, ValueError,
             OSError) as e:
-        print(f'mambarec {args.command}: error: {e}', file=sys.stderr)
+        message = _os_error_message(e) if isinstance(e, OSError) else str(e)
+        print(f'mambarec {args.command}: error: {message}', file=sys.stderr)
         return 1
+
+
+def _os_error_message(e: OSError) -> str:
+    """``e`` as a sentence; for a directory that cannot be created because a path on
+    the way is a file (``[Errno 17] File exists`` or ``[Errno 20] Not a
+    directory``), which path that is and why."""
+    if e.errno in (errno.EEXIST, errno.ENOTDIR) and e.filename:
+        wanted = Path(os.fsdecode(e.filename))
+        for path in (wanted, *wanted.parents):
+            if path.is_dir():
+                break
+            if path.exists() or path.is_symlink():
+                what = ('is a file, not a directory' if path.is_file() else
+                        'is a broken symbolic link' if not path.exists() else
+                        'is not a directory')
+                return (f"cannot create the directory '{wanted}': '{path}' {what} "
+                        f'(remove or rename it, or choose another path)')
+    return str(e)
 
 
 if __name__ == '__main__':  # pragma: no cover

@@ -9,10 +9,13 @@ A run is configured by one :class:`Config` with three sections:
 * :class:`TrainConfig` -- the protocol (docs/reference.md §1).
 
 Values are checked when a dataclass is built, so a bad value stops with a message
-naming the field and what was expected. Dictionaries (from YAML or the command line)
-go through :func:`from_dict`, which rejects unknown keys with the closest valid name;
-the ``model`` section is validated against the fields of the model its ``name``
-selects. Strings (command-line flags, grid values) are read by :func:`parse_text`.
+naming the field and what was expected; a NaN or infinite number is refused in every
+float option of every section (:func:`check_finite`). Dictionaries (from YAML or the
+command line) go through :func:`from_dict`, which rejects unknown keys with the
+closest valid name; the ``model`` section is validated against the fields of the
+model its ``name`` selects. YAML files are read by :func:`read_yaml`, which refuses a
+key given twice in one mapping. Strings (command-line flags, grid values) are read by
+:func:`parse_text`.
 
 The model configs are found by name in a small registry here
 (:func:`model_config_class`), filled by :func:`mambarec_pyg.models.register`. A
@@ -23,8 +26,11 @@ built-in model's module is imported the first time its name is asked for
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import inspect
+import math
+import numbers
 import os
 import types
 import typing
@@ -45,7 +51,7 @@ __all__ = ['ConfigError', 'DataConfig', 'TrainConfig', 'ModelConfig', 'Config',
            'read_yaml', 'check_choice', 'check_positive_int', 'check_nonnegative_int',
            'check_range',
            'BUILTIN_MODELS', 'model_config_class', 'register_model_config',
-           'registered_models', 'load_builtin_model']
+           'registered_models', 'load_builtin_model', 'check_finite', 'MAX_NUM_THREADS']
 
 
 #: Options that moved, with where they live now (named in the error message).
@@ -54,6 +60,12 @@ MOVED = {
                               'model: --model.cl-warmup-epochs N)',
 }
 
+#: The most CPU threads ``train.num_threads`` may ask for. Beyond the core count extra
+#: threads only slow torch down, and far beyond it (``100000``) OpenMP fails to
+#: create them and the process dies without a message; 1024 is above the hardware
+#: threads of the largest single machines (two 192-core sockets with two threads per
+#: core give 768), so no real machine is refused.
+MAX_NUM_THREADS = 1024
 
 # ---------------------------------------------------------------------------------
 # The sections
@@ -84,6 +96,7 @@ class DataConfig:
     allow_no_valid: bool = False
 
     def __post_init__(self) -> None:
+        check_finite('data', self)
         if self.dataset is None and self.synthetic is None:
             raise ConfigError("data: set either 'dataset' (an MMRec directory under "
                               "'root') or 'synthetic' (a preset name)")
@@ -102,6 +115,24 @@ class ModelConfig:
 
     name: ClassVar[str] = ''
     GRID: ClassVar[Dict[str, list]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Every model config refuses NaN and infinite numbers before its own checks
+        # (which may compare with bounds that NaN slips past): the subclass's
+        # ``__post_init__`` is wrapped once.
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get('__post_init__')
+        if own is not None and not getattr(own, '_checks_finite', False):
+            @functools.wraps(own)
+            def __post_init__(self, *args: Any) -> None:
+                check_finite('model', self)
+                own(self, *args)
+
+            __post_init__._checks_finite = True  # type: ignore[attr-defined]
+            cls.__post_init__ = __post_init__  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        check_finite('model', self)
 
 
 @dataclass
@@ -140,7 +171,7 @@ class TrainConfig:
     #: the cut-offs K of the reported metrics.
     topk: Tuple[int, ...] = (5, 10, 20, 50)
     #: CPU threads for torch during training (``torch.set_num_threads``); 0 leaves
-    #: PyTorch's default. Small datasets train fastest on 1 thread.
+    #: PyTorch's default; at most 1024. Small datasets train fastest on 1 thread.
     num_threads: int = 0
     #: use PyTorch's deterministic algorithms while training
     #: (``torch.use_deterministic_algorithms``, warning where an op has none): the
@@ -155,11 +186,20 @@ class TrainConfig:
     #: ``best.pt`` is written with it when the best epoch changed. 0: after every
     #: epoch. A crash (``kill -9``, power loss) loses at most this much training.
     checkpoint_interval_s: float = 60.0
+    #: data parallelism under ``torchrun``: ``'auto'`` splits every global batch
+    #: of ``batch_size`` triples over the processes ``torchrun`` started (one
+    #: device per process; results do not depend on their number), ``'off'``
+    #: ignores the launch and trains on one process. Without ``torchrun`` both
+    #: train on one process.
+    distributed: str = 'auto'
 
     def __post_init__(self) -> None:
-        if self.num_threads < 0:
-            raise ConfigError(f'train.num_threads: expected an integer >= 0 (0: '
-                              f"PyTorch's default), got {self.num_threads!r}")
+        check_finite('train', self)
+        check_choice('train.distributed', self.distributed, ('auto', 'off'))
+        if not 0 <= self.num_threads <= MAX_NUM_THREADS:
+            raise ConfigError(f'train.num_threads: expected an integer from 0 (0: '
+                              f"PyTorch's default) to {MAX_NUM_THREADS}, got "
+                              f'{self.num_threads!r}')
         for name in ('batch_size', 'eval_batch_size', 'max_epochs'):
             check_positive_int(f'train.{name}', getattr(self, name))
         for name in ('patience', 'patience_warmup'):
@@ -198,9 +238,10 @@ class TrainConfig:
 # ---------------------------------------------------------------------------------
 # The model configs, by model name
 # ---------------------------------------------------------------------------------
-#: The built-in models in the order of the paper's Table 2 (most-popular first), each
-#: with the module (relative to this package) that defines and registers it. A module
-#: is imported the first time its model's name is asked for.
+#: The built-in models: the paper's Table 2 in its order (most-popular first), then BM3
+#: and the rest of MMRec's zoo, MambaRec last; each with the module (relative to this
+#: package) that defines and registers it. A module is imported the first time its
+#: model's name is asked for.
 BUILTIN_MODELS: Dict[str, str] = {
     'popularity': '.models.popularity',
     'bpr': '.models.bpr',
@@ -213,10 +254,13 @@ BUILTIN_MODELS: Dict[str, str] = {
     'mgcn': '.models.mgcn',
     'lgmrec': '.models.lgmrec',
     'bm3': '.models.bm3',
+    'lattice': '.models.lattice',
     'dualgnn': '.models.dualgnn',
     'dragon': '.models.dragon',
+    'mvgae': '.models.mvgae',
     'layergcn': '.models.layergcn',
     'selfcf': '.models.selfcf',
+    'itemknncbf': '.models.itemknncbf',
     'smore': '.models.smore',
     'pgl': '.models.pgl',
     'damrs': '.models.damrs',
@@ -332,8 +376,39 @@ class Config:
         return self.from_dict(d)
 
 
+class _DuplicateKey(Exception):
+    """A mapping of a YAML document names a key twice."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML
+    keeps the last silently). Keys that a merge (``<<: *anchor``) brings in may
+    still be overridden: that is what a merge is for."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: Dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == 'tag:yaml.org,2002:merge':
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.get(key)
+                except TypeError:  # unhashable: the base class says so
+                    continue
+                if first is not None:
+                    raise _DuplicateKey(
+                        f'line {line}: key {key!r} given twice in the same mapping '
+                        f'(first on line {first}); each key may appear once (remove '
+                        f'one of them)')
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: Union[str, os.PathLike]) -> Dict[str, Any]:
-    """A YAML file's top-level mapping; every failure names the file."""
+    """A YAML file's top-level mapping; every failure names the file. A key given
+    twice in one mapping (at any depth) is refused, naming it and both lines."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f'{path}: config file not found')
@@ -346,7 +421,9 @@ def read_yaml(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     except OSError as e:
         raise ConfigError(f'{path}: cannot read ({e.strerror})') from None
     try:
-        d = yaml.safe_load(text)
+        d = yaml.load(text, Loader=_StrictLoader)
+    except _DuplicateKey as e:
+        raise ConfigError(f'{path}: {e}') from None
     except yaml.YAMLError as e:
         raise ConfigError(f'{path}: not valid YAML ({e})') from None
     if d is None:
@@ -428,6 +505,10 @@ def _model_config(d: Dict[str, Any], path: str, base: type) -> ModelConfig:
         raise ConfigError(f'{path}: {e}') from None
 
 
+class _NotFinite(ConfigError):
+    """A number that is NaN or infinite."""
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if isinstance(tp, type) and issubclass(tp, ModelConfig):
@@ -450,6 +531,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                           typing.get_origin(a) is tuple):
             try:
                 return _coerce(value, arg, where)
+            except _NotFinite:
+                raise  # a number of the right kind, but NaN or infinite
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(errors[0] if len(errors) == 1 else
@@ -472,7 +555,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         raise ConfigError(f'{where}: expected an integer, got {value!r}')
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # an integer beyond the float range
+                number = math.inf
+            if not math.isfinite(number):
+                raise _NotFinite(f'{where}: expected a finite number, got {value!r}')
+            return number
         raise ConfigError(f'{where}: expected a number, got {value!r}')
     if tp is str:
         if isinstance(value, str):
@@ -598,6 +687,19 @@ def check_choice(where: str, value: Any, choices) -> None:
     if value not in choices:
         raise ConfigError(f'{where}: expected one of {", ".join(map(repr, choices))}, '
                           f'got {value!r}')
+
+
+def check_finite(section: str, config: Any) -> None:
+    """Raise :class:`ConfigError` naming ``section.field`` if a float field of the
+    dataclass instance ``config`` (or a number in a tuple field) is NaN or
+    infinite. Called by every config dataclass when it is built."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name, None)
+        for v in value if isinstance(value, (tuple, list)) else (value, ):
+            if isinstance(v, numbers.Real) and not isinstance(v, numbers.Integral) \
+                    and not math.isfinite(v):
+                raise ConfigError(f'{section}.{f.name}: expected a finite number, got '
+                                  f'{value!r}')
 
 
 def check_positive_int(where: str, value: Any) -> None:

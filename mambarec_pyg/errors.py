@@ -26,7 +26,8 @@ module may import it.
 from __future__ import annotations
 
 __all__ = ['MambaRecError', 'ConfigError', 'DataError', 'NegativeSamplingError',
-           'CheckpointError', 'RunDirectoryBusy', 'TrainingDivergedError']
+           'CheckpointError', 'RunDirectoryBusy', 'TrainingDivergedError',
+           'DistributedError']
 
 
 class MambaRecError(Exception):
@@ -60,3 +61,8 @@ class RunDirectoryBusy(MambaRecError, RuntimeError):
 
 class TrainingDivergedError(MambaRecError, RuntimeError):
     """The loss became NaN or infinite; the message names the epoch, batch and parts."""
+
+
+class DistributedError(MambaRecError, RuntimeError):
+    """The distributed launch or a collective failed; the message says which
+    variable, process or operation."""

@@ -5,6 +5,9 @@ serving (:meth:`MambaRec.recommend <mambarec_pyg.models.mambarec.MambaRec.recomm
 :func:`~mambarec_pyg.train.recommend`): scores are the dot products of user and item
 embeddings, computed for a batch of users at a time; the user's excluded items (the
 training interactions) get :math:`-\infty`; ``torch.topk`` picks the best :math:`k`.
+The embeddings are dense tables, or sparse COO matrices for a model whose scores are
+a sparse product (content-based kNN: users as their training items, items as their
+similarity columns); :func:`score_rows` computes a batch's scores either way.
 
 Per-user item lists are kept as CSR (:class:`ItemLists`): a flat item array sorted by
 row plus row pointers, so a contiguous range of rows is a slice and any list of rows is
@@ -13,12 +16,13 @@ user.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
-__all__ = ['ItemLists', 'rank_items']
+__all__ = ['ItemLists', 'rank_items', 'score_rows', 'transpose_items']
 
 
 class ItemLists:
@@ -75,6 +79,28 @@ class ItemLists:
         return pos, self.col[first + torch.arange(pos.numel(), device=rows.device)]
 
 
+def transpose_items(item_emb: Tensor) -> Tensor:
+    """``item_emb.t()`` ready for :func:`score_rows`: contiguous when dense,
+    coalesced when sparse (COO)."""
+    return item_emb.t().coalesce() if item_emb.is_sparse else item_emb.t().contiguous()
+
+
+def score_rows(user_emb: Tensor, item_t: Tensor, users: Tensor) -> Tensor:
+    r"""The dense scores ``user_emb[users] @ item_t`` ``[len(users), N]``.
+
+    ``user_emb`` ``[U, d]`` is dense, or a sparse COO matrix whose rows are gathered
+    with :func:`torch.index_select`; ``item_t`` ``[d, N]`` (:func:`transpose_items`)
+    is dense, or sparse COO with a sparse ``user_emb`` (the product is then sparse
+    and made dense here). Same values as the dense product of the dense tables.
+    """
+    if user_emb.is_sparse:
+        with warnings.catch_warnings():  # sparse x sparse goes through beta CSR code
+            warnings.filterwarnings('ignore', message='.*Sparse CSR tensor support')
+            out = torch.sparse.mm(user_emb.index_select(0, users), item_t)
+        return out.to_dense() if out.is_sparse else out
+    return user_emb[users] @ item_t
+
+
 @torch.no_grad()
 def rank_items(user_emb: Tensor, item_emb: Tensor, users: Tensor, k: int,
                exclude: Optional[ItemLists] = None,
@@ -82,7 +108,8 @@ def rank_items(user_emb: Tensor, item_emb: Tensor, users: Tensor, k: int,
     r"""The best ``k`` items for each of ``users`` by ``user_emb @ item_emb.T``.
 
     Args:
-        user_emb, item_emb: ``[U, d]`` and ``[N, d]`` embeddings.
+        user_emb, item_emb: ``[U, d]`` and ``[N, d]`` embeddings (dense, or sparse
+            COO: :func:`score_rows`).
         users (LongTensor): user ids (rows of ``user_emb``; may repeat).
         k (int): items per user (``k > N`` gives ``N`` columns).
         exclude (ItemLists, optional): items per user id never to return.
@@ -98,11 +125,11 @@ def rank_items(user_emb: Tensor, item_emb: Tensor, users: Tensor, k: int,
         raise ValueError(f'k: expected k >= 1, got {k}')
     k = min(int(k), num_items)
     users = users.to(user_emb.device, torch.long).view(-1)
-    item_t = item_emb.t().contiguous()
+    item_t = transpose_items(item_emb)
     items, scores = [], []
     for start in range(0, users.numel(), batch_size):
         batch = users[start:start + batch_size]
-        s = user_emb[batch] @ item_t
+        s = score_rows(user_emb, item_t, batch)
         if exclude is not None:
             rows, cols = exclude.gather(batch)
             s[rows, cols] = float('-inf')

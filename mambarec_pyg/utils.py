@@ -6,7 +6,9 @@
 * :func:`seed_everything` -- :func:`torch_geometric.seed_everything` (Python, NumPy,
   torch on every device);
 * :func:`cached_on` -- a value computed once per data object (weakly referenced, so
-  it goes with the object).
+  it goes with the object);
+* :func:`eval_view` -- a module in eval mode without changing the module (serving
+  from several threads).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from typing import Any, Callable, Dict, Hashable, Iterable, Tuple, Union
 from .errors import ConfigError
 
 __all__ = ['did_you_mean', 'resolve_device', 'interactive', 'progress',
-           'seed_everything', 'cached_on']
+           'seed_everything', 'cached_on', 'eval_view']
 
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:
@@ -143,3 +145,30 @@ def tensor_fingerprint(t) -> Union[None, Tuple[Any, ...]]:
     if t is None:
         return None
     return (t.data_ptr(), t._version, tuple(t.shape), str(t.device))
+
+
+def eval_view(module):
+    """``module`` in eval mode, without changing ``module``: a shallow copy of its
+    tree of submodules whose every ``training`` flag is ``False``, sharing the
+    parameters, buffers and other attributes (nothing is copied but the module
+    objects and their registries).
+
+    ``module.eval()`` flips a flag on the shared module, so two threads serving from
+    the same model (or one serving while the model is in training mode) would see
+    each other's mode: dropout, sampled noise or edges and BatchNorm batch statistics
+    in some of their calls. A view computes exactly what ``module.eval()`` would,
+    and what a forward pass stores on its modules (e.g. attention weights kept for
+    the next call) lands on the view, not on the model. Build one per call: the
+    view shares the module's tensors, so later updates of the weights show, but a
+    submodule or buffer registered on the module afterwards does not.
+    """
+    view = object.__new__(type(module))
+    state = dict(module.__dict__)
+    state['training'] = False
+    state['_parameters'] = dict(module._parameters)
+    state['_buffers'] = dict(module._buffers)
+    state['_non_persistent_buffers_set'] = set(module._non_persistent_buffers_set)
+    state['_modules'] = {name: None if child is None else eval_view(child)
+                         for name, child in module._modules.items()}
+    view.__dict__.update(state)
+    return view

@@ -65,9 +65,12 @@ class MF(Recommender):
         users, pos, neg = batch
         u, i = self.embed()
         eu, ep, en = u[users], i[pos], i[neg]
-        bpr = -F.logsigmoid((eu * ep).sum(-1) - (eu * en).sum(-1)).mean()
-        reg = self.config.reg_weight * (eu.pow(2).sum() + ep.pow(2).sum() +
-                                        en.pow(2).sum()) / 2 / batch.nominal_size
+        # per-triple terms through the batch's reductions, so that the loss does
+        # not depend on how the batch is split over processes
+        bpr = batch.mean(-F.logsigmoid((eu * ep).sum(-1) - (eu * en).sum(-1)))
+        reg = self.config.reg_weight * batch.sum(
+            eu.pow(2).sum(-1) + ep.pow(2).sum(-1) + en.pow(2).sum(-1)) / 2 / \
+            batch.nominal_size
         return {'total': bpr + reg, 'bpr': bpr, 'reg': reg}
 
 

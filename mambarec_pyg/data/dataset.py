@@ -8,7 +8,7 @@ and read back through the same MMRec loader.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from torch_geometric.data import HeteroData
 
@@ -29,10 +29,18 @@ def load_dataset(config: DataConfig, verbose: bool = False) -> HeteroData:
                              modalities=config.modalities, verbose=verbose)
 
 
-def data_spec(config: DataConfig) -> Dict[str, Any]:
+def data_spec(config: DataConfig, data: Optional[HeteroData] = None
+              ) -> Dict[str, Any]:
     """``config`` as a dict with ``root`` made absolute, so a checkpoint can find the
-    data again from any working directory."""
+    data again from any working directory.
+
+    With ``data`` (what ``config`` loaded), ``modalities`` is the list of modalities
+    the data actually hold (``config.modalities = None`` means "every feature file
+    found"), so a run records what it trained on and reloads exactly that.
+    """
     spec = to_dict(config)
     if config.dataset is not None:
         spec['root'] = str(Path(config.root).resolve())
+    if data is not None:
+        spec['modalities'] = list(getattr(data, 'modalities', None) or ())
     return spec

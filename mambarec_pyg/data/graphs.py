@@ -20,7 +20,7 @@ graphs on the data, where the models find them; they are also usable on their ow
 * :func:`sparse_from_edges` -- a sparse matrix (rows are targets) from an edge list;
 * :func:`user_cooccurrence_edges` -- each user's top-:math:`k` co-occurring users in
   the training interactions, with their counts (the user-user graph of
-  `"DualGNN" <https://doi.org/10.1109/TMM.2021.3138298>`_ and
+  DualGNN (Wang et al., IEEE TMM 2021) and
   `"DRAGON" <https://arxiv.org/abs/2301.12097>`_);
 * :func:`principal_graph_edges` -- PGL's global principal graph, a low-rank rebuild
   of the normalised user-item adjacency from its leading singular vectors;
@@ -51,8 +51,8 @@ from .errors import DataError
 
 __all__ = ['normalized_adjacency', 'item_item_graph', 'UserItemGraph', 'to_sparse',
            'knn_edges', 'user_item_weights', 'sparse_from_edges',
-           'user_cooccurrence_edges', 'principal_graph_edges', 'denoised_knn_edges',
-           'binary_graph_weights', 'LAYOUTS', 'WEIGHTINGS']
+           'user_cooccurrence_edges', 'knn_neighbours', 'principal_graph_edges',
+           'denoised_knn_edges', 'binary_graph_weights', 'LAYOUTS', 'WEIGHTINGS']
 
 #: Sparse layouts the builders can return.
 LAYOUTS = ('auto', 'csr', 'coo', 'sparse_tensor')
@@ -320,29 +320,50 @@ def item_item_graph(features: Tensor, k: int = 10, *, weighting: str = 'similari
                      (num_items, num_items), layout)
 
 
-def _knn_sym_normalized(features: Tensor, k: int, chunk_size: Optional[int],
-                        weighting: str = 'similarity'):
-    """COO triplets (sorted by row, then column) of the normalised kNN graph; values
-    in float64."""
+def knn_neighbours(features: Tensor, k: int, chunk_size: Optional[int] = None,
+                   shrink: float = 0.0) -> Tuple[Tensor, Tensor, Tensor]:
+    r"""Each row's ``k`` most similar rows (itself included), without gradient:
+    ``(row [N k], col [N k], similarity [N k])`` sorted by row, then column.
+
+    The similarity is the cosine :math:`\frac{x_i^\top x_j}{\|x_i\| \|x_j\|}`, or
+    with ``shrink`` :math:`s > 0` the shrunk cosine :math:`\frac{x_i^\top x_j}
+    {\|x_i\| \|x_j\| + s}` (content-based item kNN). It is computed ``chunk_size``
+    rows at a time (default: about 8M entries a block), so no :math:`N \times N`
+    matrix is held; an all-zero row has similarity 0 to every row; ties are broken
+    by the lower column.
+    """
     x = features.detach()
     n = x.size(0)
     norm = x.norm(dim=1, keepdim=True)
-    # Zero rows stay zero: similarity 0 to everything instead of 0/0.
-    xn = torch.where(norm > 0, x / norm.clamp(min=torch.finfo(x.dtype).tiny),
-                     torch.zeros_like(x))
+    if shrink:
+        xn = x
+    else:
+        # Zero rows stay zero: similarity 0 to everything instead of 0/0.
+        xn = torch.where(norm > 0, x / norm.clamp(min=torch.finfo(x.dtype).tiny),
+                         torch.zeros_like(x))
     if chunk_size is None:
         chunk_size = max(1, min(n, (1 << 23) // max(n, 1)))
     cols, vals = [], []
     for start in range(0, n, chunk_size):
         sim = xn[start:start + chunk_size] @ xn.t()
+        if shrink:
+            sim = sim / (norm[start:start + chunk_size] * norm.t() + shrink)
         col, val = _topk_lowest_index(sim, k)
         cols.append(col)
         vals.append(val)
-    col = torch.cat(cols)
-    weight = torch.cat(vals).double()
+    row = torch.arange(n, device=x.device).repeat_interleave(k)
+    return row, torch.cat(cols), torch.cat(vals)
+
+
+def _knn_sym_normalized(features: Tensor, k: int, chunk_size: Optional[int],
+                        weighting: str = 'similarity'):
+    """COO triplets (sorted by row, then column) of the normalised kNN graph; values
+    in float64."""
+    n = features.size(0)
+    row, col, sim = knn_neighbours(features, k, chunk_size)
+    weight = sim.double()
     if weighting == 'binary':
         weight = torch.ones_like(weight)
-    row = torch.arange(n, device=x.device).repeat_interleave(k)
     deg = weight.view(n, k).sum(dim=1)
     inv = _inv_sqrt(deg)
     value = inv[row] * weight * inv[col]
@@ -351,7 +372,26 @@ def _knn_sym_normalized(features: Tensor, k: int, chunk_size: Optional[int],
 
 def _topk_lowest_index(sim: Tensor, k: int):
     """Per row, the columns of the ``k`` largest entries (ties: lower column first),
-    returned sorted by column, with their values. Entries greater than the k-th
+    returned sorted by column, with their values.
+
+    :func:`torch.topk` picks the right set wherever no entry outside it equals the
+    k-th largest value; only rows with such a tie at the boundary go through the
+    exact rule of :func:`_topk_lowest_index_plain` (same result, tested)."""
+    top = sim.topk(k, dim=1)
+    kth = top.values[:, -1:]
+    tied = (sim == kth).sum(dim=1) > (top.values == kth).sum(dim=1)
+    cols = top.indices
+    if bool(tied.any()):
+        rows = tied.nonzero().view(-1)
+        tie_cols, _ = _topk_lowest_index_plain(sim[rows], k)
+        cols = cols.clone()
+        cols[rows] = tie_cols.view(-1, k)
+    cols = cols.sort(dim=1).values
+    return cols.reshape(-1), sim.gather(1, cols).reshape(-1)
+
+
+def _topk_lowest_index_plain(sim: Tensor, k: int):
+    """:func:`_topk_lowest_index` by the rule itself: entries greater than the k-th
     largest value are all kept; of those equal to it, the lowest columns fill up."""
     kth = sim.topk(k, dim=1).values[:, -1:]
     greater = sim > kth

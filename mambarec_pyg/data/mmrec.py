@@ -175,7 +175,8 @@ def load_mmrec(root: PathLike, name: str,
 
 
 def read_inter(path: PathLike) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Read and check an MMRec ``.inter`` file.
+    """Read and check an MMRec ``.inter`` file (UTF-8 text, each column named once
+    in the header).
 
     Returns the ``userID``, ``itemID`` and ``x_label`` columns as ``int64`` arrays in
     file order. The fast path reads the file once, checks the field count of every
@@ -187,6 +188,13 @@ def read_inter(path: PathLike) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     (1-based, the header being line 1).
     """
     path = Path(path)
+    try:
+        return _read_inter(path)
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
+
+
+def _read_inter(path: Path) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     header = _read_header(path)
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
@@ -198,6 +206,8 @@ def read_inter(path: PathLike) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
             f"{', '.join(INTER_COLUMNS)} ({', '.join(REQUIRED_COLUMNS)} required), "
             f"found {header!r}: {hints}")
     raw = path.read_bytes()
+    if not raw.isascii():
+        raw.decode('utf-8')  # pandas may skip undecodable bytes in unused columns
     # Every line must have as many fields as the header (pandas ignores surplus fields
     # of columns it does not read), and pandas would read '+3', '3.0', '1e1' or ' 3'
     # as integers: one vectorised pass over the bytes checks both.
@@ -241,6 +251,7 @@ def read_features(path: PathLike, num_items: int, inter_name: str = '.inter') ->
     and float32 values cannot overflow a float64 sum); only then are rows inspected.
     """
     path = Path(path)
+    _check_regular_file(path)
     _check_npy(path)
     try:
         array = np.load(path, mmap_mode='r', allow_pickle=False)
@@ -262,6 +273,9 @@ def read_features(path: PathLike, num_items: int, inter_name: str = '.inter') ->
             or np.issubdtype(array.dtype, np.integer)):
         raise DataError(f'{path.name}: expected a float array, found dtype '
                         f'{array.dtype}')
+    if array.shape[1] == 0:
+        raise DataError(f'{path.name}: found 0 columns (shape {tuple(array.shape)}); '
+                        f'expected at least one feature per item')
     features = torch.from_numpy(np.array(array, dtype=np.float32, order='C'))
     del array
     if not torch.isfinite(features.sum(dtype=torch.float64)):
@@ -272,6 +286,37 @@ def read_features(path: PathLike, num_items: int, inter_name: str = '.inter') ->
                             f'(first bad row: {int(rows[0])}); expected finite '
                             f'features')
     return features
+
+
+def _check_regular_file(path: Path) -> None:
+    """Refuse, saying what it is, a feature entry that is not a regular file (a
+    directory, a device such as ``/dev/zero``, a pipe that would block, a broken
+    symbolic link); a symbolic link to a regular file is fine."""
+    if path.is_file():
+        return
+    link = ''
+    if path.is_symlink():
+        target = os.readlink(path)
+        if not path.exists():
+            raise DataError(f'{path.name}: not a regular file: it is a broken '
+                            f'symbolic link (to {target}); {_NPY_EXPECTED}')
+        link = f' (through a symbolic link to {target})'
+    if path.is_dir():
+        what = 'a directory'
+    elif path.is_char_device():
+        what = 'a character device'
+    elif path.is_block_device():
+        what = 'a block device'
+    elif path.is_fifo():
+        what = 'a named pipe'
+    elif path.is_socket():
+        what = 'a socket'
+    elif not path.exists():
+        what = 'missing'
+    else:
+        what = 'not a plain file'
+    raise DataError(f'{path.name}: not a regular file: it is {what}{link}; '
+                    f'{_NPY_EXPECTED}')
 
 
 def _check_npy(path: Path) -> None:
@@ -326,10 +371,15 @@ def _describe_bytes(head: bytes) -> str:
 
 
 def feature_files(directory: PathLike) -> Dict[str, Path]:
-    """The ``<modality>_feat.npy`` files in ``directory``, by modality, sorted."""
+    """The ``<modality>_feat.npy`` entries in ``directory``, by modality, sorted.
+
+    Every entry with that name counts, whatever it is: one that is not a readable
+    regular file (a directory, a broken link, a link to ``/dev/zero``) is refused
+    with its name when it is read (:func:`read_features`), never skipped.
+    """
     directory = Path(directory)
     found = sorted(p for p in directory.iterdir()
-                   if p.name.endswith(FEATURE_SUFFIX) and p.is_file()
+                   if p.name.endswith(FEATURE_SUFFIX)
                    and len(p.name) > len(FEATURE_SUFFIX))
     return {p.name[:-len(FEATURE_SUFFIX)]: p for p in found}
 
@@ -371,7 +421,26 @@ def _read_header(path: Path) -> List[str]:
     if not line.strip():
         raise DataError(f'{path.name}: line 1: empty; expected the tab-separated '
                         f"header {' '.join(INTER_COLUMNS)}")
-    return line.split('\t')
+    header = line.split('\t')
+    for i, column in enumerate(header):
+        if column in header[:i]:
+            raise DataError(f"{path.name}: line 1 (header): column '{column}' "
+                            f'appears twice (fields {header.index(column) + 1} and '
+                            f'{i + 1}); expected each column once')
+    return header
+
+
+def _not_utf8(path: Path) -> DataError:
+    """The error for a file that is not UTF-8 text, naming the first bad line."""
+    raw = path.read_bytes()
+    try:
+        raw.decode('utf-8')
+    except UnicodeDecodeError as e:
+        line = raw.count(b'\n', 0, e.start) + 1
+        return DataError(f'{path.name}: line {line}: byte 0x{raw[e.start]:02x} is not '
+                         f'UTF-8 text; expected a UTF-8 (or ASCII) tab-separated file')
+    return DataError(f'{path.name}: not UTF-8 text; expected a UTF-8 (or ASCII) '
+                     f'tab-separated file')
 
 
 def _canonical_fields(raw: bytes, header: List[str]) -> bool:

@@ -98,7 +98,9 @@ class BPRBatch(tuple):
       process's rows.
 
     Terms that do not depend on the batch (a penalty on whole tables) are written as
-    usual. On one process the reductions are the plain ones (``values.mean()``,
+    usual. A process may hold no triple (a global batch shorter than the number of
+    processes); the reductions then contribute 0 and the gathered rows are the
+    others'. On one process the reductions are the plain ones (``values.mean()``,
     ``values.sum()``, the identity). On several, a per-triple term is this process's
     share times the number of processes: the mean over the processes is the
     single-process value, and so is the mean of their gradients (what
@@ -152,7 +154,10 @@ class BPRBatch(tuple):
         return values.sum() * (self.shard.world_size / denom)
 
     def sum(self, values: Tensor) -> Tensor:
-        """The sum over the global batch of a per-triple quantity ``values``."""
+        """The sum over the global batch of a per-triple quantity ``values`` (``[b,
+        ...]``), or of a term that is already this process's sum over its triples (a
+        0-dim tensor; e.g. LGMRec's contrastive term, a sum over the triples with
+        every user as a candidate)."""
         if self.shard is None:
             return values.sum()
         return values.sum() * self.shard.world_size

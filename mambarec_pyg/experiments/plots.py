@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 __all__ = ['MissingDependency', 'require', 'new_figure', 'save', 'grouped_bars',
-           'plot_runs', 'find_runs', 'VIZ_HINT']
+           'shared_legend', 'plot_runs', 'find_runs', 'VIZ_HINT']
 
 PathLike = Union[str, os.PathLike]
 
@@ -144,6 +144,19 @@ def grouped_bars(ax, groups: Sequence[str], series: Dict[str, Sequence[float]],
     if ylabel:
         ax.set_ylabel(ylabel)
     ax.grid(axis='y', alpha=0.3)
+
+
+def shared_legend(fig, axes) -> None:
+    """One legend for every panel of ``axes``, in a single row below them (outside
+    the panels, so it never covers a bar); entries named alike are shown once."""
+    entries: Dict[str, object] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label and not label.startswith('_'):
+                entries.setdefault(label, handle)
+    if entries:
+        fig.legend(list(entries.values()), list(entries), loc='outside lower center',
+                   ncols=len(entries), fontsize=8, frameon=False)
 
 
 # ---------------------------------------------------------------------------------

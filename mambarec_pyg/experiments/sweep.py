@@ -163,8 +163,9 @@ def settings_bars(setup: Setup, rows: Sequence[Preset], settings: Sequence[Setti
                   stats, metrics: Sequence[str], path, title: str,
                   paper: Optional[Callable] = None, paper_label: str = 'paper') -> str:
     """A bar chart per dataset: one group per row and setting, one bar per metric
-    (error bars: std over seeds; black ticks: the paper's values)."""
-    from .plots import grouped_bars, new_figure, save
+    (error bars: std over seeds; black ticks: the paper's values); one legend for
+    all panels, in a row below them."""
+    from .plots import grouped_bars, new_figure, save, shared_legend
     from .plots import title as set_title
     groups = [(p, s) for p in rows for s in settings]
     names = [s.label if len(rows) == 1 else f'{p.name}: {s.label}' for p, s in groups]
@@ -181,8 +182,9 @@ def settings_bars(setup: Setup, rows: Sequence[Preset], settings: Sequence[Setti
                 markers[name] = [paper(p, s, ds.paper, m) for p, s in groups]
         has_paper = any(v is not None for vs in markers.values() for v in vs)
         grouped_bars(ax, names, series, errors,
-                     markers=markers if has_paper else None, marker_label=paper_label)
+                     markers=markers if has_paper else None, marker_label=paper_label,
+                     ylabel='test metric (mean over seeds)')
         ax.set_title(ds.label + (' (synthetic)' if ds.synthetic else ''), fontsize=10)
-        ax.legend(fontsize=7, ncols=3, loc='upper center')
+    shared_legend(fig, axes[0])
     set_title(fig, title, setup.quick)
     return save(fig, path)

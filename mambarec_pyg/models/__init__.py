@@ -23,9 +23,10 @@ from .registry import get_config_class, get_model_class, list_models, register
 _CLASSES = {'popularity': 'Popularity', 'bpr': 'BPR', 'lightgcn': 'LightGCN',
             'vbpr': 'VBPR', 'slmrec': 'SLMRec', 'lgmrec': 'LGMRec', 'freedom': 'FREEDOM',
             'bm3': 'BM3', 'mmgcn': 'MMGCN', 'grcn': 'GRCN', 'mgcn': 'MGCN',
-            'layergcn': 'LayerGCN', 'selfcf': 'SelfCF', 'dualgnn': 'DualGNN',
-            'dragon': 'DRAGON', 'smore': 'SMORE', 'pgl': 'PGL', 'damrs': 'DAMRS',
-            'mmgcf': 'MMGCF', 'mambarec': 'MambaRec'}
+            'lattice': 'LATTICE', 'dualgnn': 'DualGNN', 'dragon': 'DRAGON',
+            'mvgae': 'MVGAE', 'layergcn': 'LayerGCN', 'selfcf': 'SelfCF',
+            'itemknncbf': 'ItemKNNCBF', 'smore': 'SMORE', 'pgl': 'PGL',
+            'damrs': 'DAMRS', 'mmgcf': 'MMGCF', 'mambarec': 'MambaRec'}
 _EXPORTS = {name: module for module, cls in _CLASSES.items()
             for name in (cls, f'{cls}Config')}
 _EXPORTS['MambaRecOutput'] = 'mambarec'
@@ -35,8 +36,10 @@ __all__ = ['Recommender', 'register', 'get_model_class', 'get_config_class',
            'MambaRecOutput', 'Popularity', 'PopularityConfig', 'BPR', 'BPRConfig',
            'LightGCN', 'LightGCNConfig', 'MGCN', 'MGCNConfig', 'LayerGCN',
            'LayerGCNConfig', 'SelfCF', 'SelfCFConfig',
-           'DualGNN', 'DualGNNConfig', 'DRAGON', 'DRAGONConfig', 'SMORE', 'SMOREConfig',
-           'PGL', 'PGLConfig', 'DAMRS', 'DAMRSConfig', 'MMGCF', 'MMGCFConfig']
+           'DualGNN', 'DualGNNConfig', 'DRAGON', 'DRAGONConfig',
+           'LATTICE', 'LATTICEConfig', 'MVGAE', 'MVGAEConfig',
+           'ItemKNNCBF', 'ItemKNNCBFConfig', 'SMORE', 'SMOREConfig', 'PGL', 'PGLConfig',
+           'DAMRS', 'DAMRSConfig', 'MMGCF', 'MMGCFConfig']
 
 
 def __getattr__(name: str) -> Any:

@@ -13,7 +13,48 @@ dataclass, with a few verbs in PyG's idiom (compare
   ``'total'`` (what is backpropagated); the trainer logs every part it returns.
 * :meth:`Recommender.on_epoch_start` -- a hook before each training epoch (a warm-up,
   FREEDOM's edge pruning); it may return values to log for the epoch.
-* :meth:`Recommender.score`, :meth:`Recommender.recommend` -- serving.
+* :meth:`Recommender.score`, :meth:`Recommender.recommend` -- serving. Serving
+  calls compute in eval mode without changing the module (not even its mode, see
+  :func:`~mambarec_pyg.utils.eval_view`), so several threads may serve from one
+  model at once, also while it is in training mode; they must not run while it is
+  being trained.
+
+**A loss that does not depend on the number of processes.** Under ``torchrun``
+(:mod:`mambarec_pyg.train.distributed`) every process holds the whole model and
+receives its contiguous slice of each global batch (``batch.shard`` set; ``None`` on
+one process); the gradients are averaged over the processes. :meth:`Recommender.loss`
+must then give every process a value whose mean over the processes is the global
+batch's loss, and likewise for the gradient. Write it with the batch's reductions
+(:class:`~mambarec_pyg.data.sampling.BPRBatch`):
+
+* a mean or sum over the triples -> :meth:`batch.mean(values)
+  <mambarec_pyg.data.sampling.BPRBatch.mean>` / :meth:`batch.sum(values)
+  <mambarec_pyg.data.sampling.BPRBatch.sum>` of the per-triple values (``bpr_loss``
+  and the regularisers of :mod:`mambarec_pyg.nn.losses` take ``batch`` for this);
+  divide by :attr:`batch.nominal_size <mambarec_pyg.data.sampling.BPRBatch.nominal_size>`
+  or :attr:`batch.num_global <mambarec_pyg.data.sampling.BPRBatch.num_global>`, never
+  by the rows in hand;
+* a term that couples the triples -- in-batch InfoNCE, MMD, a norm or any nonlinear
+  function of a sum over the batch, a term over the batch's distinct users -- is
+  computed on :meth:`batch.gather(rows) <mambarec_pyg.data.sampling.BPRBatch.gather>`:
+  the rows of the whole global batch, in order, on every process, with gradients
+  flowing back to each process's rows;
+* random numbers drawn per triple: draw them for :attr:`batch.num_global` rows
+  (the same draws on every process) and keep :meth:`batch.local(draws)
+  <mambarec_pyg.data.sampling.BPRBatch.local>`. Random numbers for whole tables
+  (dropout on all items, sampled edges, Gumbel noise) need nothing: every process
+  draws the same sequence from the same seed, so never draw a number whose count
+  depends on the process's rows (it would desynchronise the processes' generators);
+* a process may hold **no** triple (a last batch shorter than the number of
+  processes): every reduction above handles it, ``values.mean()`` would not;
+* every process must make the same collective calls in the same order: decide
+  whether to gather from the configuration, not from the data.
+
+A term that reads no batch row (a penalty on whole tables) is written as usual.
+With ``batch.shard is None`` the reductions are the plain ones (``values.mean()``,
+``values.sum()``, the identity), so single-process results do not change.
+``tests/train/test_distributed.py`` checks every registered model: one epoch on 2
+and 3 processes gives the weights of one process.
 
 Class attributes say what the model needs: :attr:`~Recommender.min_modalities`
 (item feature tables), :meth:`~Recommender.graph_transforms` (the graphs it
@@ -36,6 +77,7 @@ from ..data.sampling import BPRBatch
 from ..data.transforms import GraphTransform, apply_transforms
 from ..nn.sparse import SparseGraphs, as_csr, edge_matrix, user_item_matrices
 from ..ranking import rank_items
+from ..utils import eval_view
 
 __all__ = ['Recommender', 'check_data', 'SparseGraphs', 'user_item_matrices',
            'edge_matrix', 'as_csr']
@@ -173,7 +215,12 @@ class Recommender(torch.nn.Module):
         return self.embed()
 
     def loss(self, batch: BPRBatch) -> Dict[str, Tensor]:
-        """The loss of one batch: named 0-dim tensors, ``'total'`` backpropagated."""
+        """The loss of one batch: named 0-dim tensors, ``'total'`` backpropagated.
+
+        ``batch`` may be one process's slice of a global batch (``batch.shard``);
+        write per-triple terms with ``batch.mean`` / ``batch.sum`` and terms that
+        couple the triples on ``batch.gather(rows)`` (the module docstring gives the
+        rule)."""
         raise NotImplementedError
 
     def on_epoch_start(self, epoch: int) -> Optional[Dict[str, Any]]:
@@ -194,13 +241,10 @@ class Recommender(torch.nn.Module):
     # -- serving -------------------------------------------------------------------------
     @torch.no_grad()
     def eval_embeddings(self) -> Tuple[Tensor, Tensor]:
-        """:meth:`embed` in eval mode (the previous mode restored), without grad."""
-        was_training = self.training
-        self.eval()
-        try:
-            return self.embed()
-        finally:
-            self.train(was_training)
+        """:meth:`embed` in eval mode, without grad, leaving the module as it is:
+        computed on an eval-mode view (:func:`~mambarec_pyg.utils.eval_view`), so
+        the model's own mode is never flipped and concurrent calls are safe."""
+        return eval_view(self).embed()
 
     def _ids(self, ids, n: int, what: str) -> Tensor:
         device = self.train_rowptr.device

@@ -42,7 +42,10 @@ whole item matrix :math:`\mathbf{I}` ``[N, d]`` (LightGCN outputs, residual incl
 before the predictor), summed and divided by the number of items :math:`N` (the rows
 of EmbLoss's last argument) -- not by the batch size. :math:`\lambda_{cl}` =
 ``cl_weight`` = 2. MMRec's two modalities (text and image) become the sum over the
-modalities here.
+modalities here. On several processes (:mod:`~mambarec_pyg.train.distributed`) each
+:math:`c(\cdot,\cdot)` is a mean of per-triple cosines over the global batch
+(``batch.mean``), the regulariser reads no batch row, and the dropout masks, drawn
+over the whole tables from one generator, are the same on every process.
 
 **Score**: :math:`\hat y_{ui} = p(\mathbf{U})_u^\top p(\mathbf{I})_i`, with the full
 (undropped) online embeddings.
@@ -129,9 +132,10 @@ def _target_view(rows: Tensor, mask: Optional[Tensor], index: Tensor) -> Tensor:
     return rows if mask is None else rows * mask[index]
 
 
-def _alignment(online: Tensor, target: Tensor) -> Tensor:
-    """:math:`1 - ` the batch mean of the row cosines (the target without grad)."""
-    return 1.0 - F.cosine_similarity(online, target.detach(), dim=-1).mean()
+def _alignment(online: Tensor, target: Tensor, batch: BPRBatch) -> Tensor:
+    """:math:`1 - ` the batch mean of the row cosines (the target without grad; the
+    mean over the global batch, :meth:`BPRBatch.mean`)."""
+    return 1.0 - batch.mean(F.cosine_similarity(online, target.detach(), dim=-1))
 
 
 @register('bm3')
@@ -226,14 +230,16 @@ class BM3(Recommender):
         u, i = user[users], item[items]
         u_target = _target_view(u, masks[0], users)
         i_target = _target_view(i, masks[1], items)
-        u_online, i_online = self.predictor(torch.cat([u, i])).split(users.numel())
-        align = _alignment(u_online, i_target) + _alignment(i_online, u_target)
+        u_online, i_online = self.predictor(torch.cat([u, i])).split(
+            [users.numel()] * 2)
+        align = _alignment(u_online, i_target, batch) + \
+            _alignment(i_online, u_target, batch)
         reg = self.config.reg_weight * emb_loss(user, item)
         cl = align.new_zeros(())
         for m, mask in zip(self.modalities, masks[2:]):
             x = self.project(m)[items]
             x_online = self.predictor(x)
-            cl = cl + _alignment(x_online, i_target) + \
-                _alignment(x_online, _target_view(x, mask, items))
+            cl = cl + _alignment(x_online, i_target, batch) + \
+                _alignment(x_online, _target_view(x, mask, items), batch)
         total = align + reg + self.config.cl_weight * cl
         return {'total': total, 'align': align, 'reg': reg, 'cl': cl}

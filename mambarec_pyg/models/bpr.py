@@ -12,6 +12,11 @@ r"""BPR-MF: matrix factorisation trained with Bayesian personalised ranking
 with MMRec's ``EmbLoss`` (Frobenius norms, not squared) on the batch embeddings and
 Xavier-normal initialisation. No item features.
 
+On several processes (:mod:`~mambarec_pyg.train.distributed`) the BPR mean is
+over the global batch (``batch.mean``) and each Frobenius norm is the global
+batch's, from the gathered row norms (:func:`~mambarec_pyg.nn.losses.emb_loss`
+with ``batch``).
+
 Where this differs from MMRec: MMRec's BPR loss is :math:`-\log(10^{-10} +
 \sigma(\cdot))`; here :math:`\mathrm{softplus}(\hat y_{ui^-} - \hat y_{ui^+})`, the
 same value without the :math:`10^{-10}` (a relative difference below
@@ -80,6 +85,6 @@ class BPR(Recommender):
         users, pos, neg = batch
         u = self.user_embedding(users)
         i, j = self.item_embedding(pos), self.item_embedding(neg)
-        bpr = bpr_loss((u * i).sum(dim=-1), (u * j).sum(dim=-1))
-        reg = self.config.reg_weight * emb_loss(u, i, j)
+        bpr = bpr_loss((u * i).sum(dim=-1), (u * j).sum(dim=-1), batch)
+        reg = self.config.reg_weight * emb_loss(u, i, j, batch=batch)
         return {'total': bpr + reg, 'bpr': bpr, 'reg': reg}

@@ -1,7 +1,7 @@
-r"""DualGNN (`"DualGNN: Dual Graph Neural Network for Multimedia Recommendation"
-<https://doi.org/10.1109/TMM.2021.3138298>`_, Wang et al., IEEE TMM 2021), as MMRec
-computes it (``src/models/dualgnn.py``, ``src/configs/model/DualGNN.yaml``), and the
-parts DRAGON shares with it (:class:`ModalityGCN`, :class:`CooccurrenceRecommender`).
+r"""DualGNN ("DualGNN: Dual Graph Neural Network for Multimedia Recommendation", Wang
+et al., IEEE TMM 2021), as MMRec computes it (``src/models/dualgnn.py``,
+``src/configs/model/DualGNN.yaml``), and the parts DRAGON shares with it
+(:class:`ModalityGCN`, :class:`CooccurrenceRecommender`).
 
 **Per-modality graph network** (:class:`ModalityGCN`, MMRec's ``GCN``). For modality
 :math:`m` with the frozen raw features :math:`\mathbf{X}_m`, trainable user
@@ -95,7 +95,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Dict, List, Optional, Tuple
+from typing import ClassVar, Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -237,7 +237,8 @@ class CooccurrenceRecommender(Recommender):
         if not self.config.pad_user_neighbours:
             return None
         seed = int(torch.randint(0, 2**62, (1, )).item())
-        generator = torch.Generator(device=self.neighbour_index.device).manual_seed(seed)
+        device = self.neighbour_index.device
+        generator = torch.Generator(device=device).manual_seed(seed)
         index, count = pad_neighbours(self.neighbour_index, self.neighbour_count,
                                       self.neighbour_length, generator)
         self.graphs.set('user_graph_padded', user_graph_matrix(

@@ -61,6 +61,10 @@ The projections :math:`T_m` run on the whole feature tables, as in MMRec: the
 gradient of a trainable table is dense anyway, and at Baby scale one whole-table
 product costs less than gathering the batch's rows and scattering their gradient back.
 
+On several processes (:mod:`~mambarec_pyg.train.distributed`) both BPR terms are
+means over the global batch (``batch.mean``); the pruned graph is drawn from the
+global RNG over all edges, so every process draws the same one.
+
 Where this differs from MMRec (no difference in what is learned):
 
 * The sampling weights are the normalised training weights of
@@ -295,13 +299,14 @@ class FREEDOM(Recommender):
         users, pos, neg = batch
         user, item = self.embed()
         u = user[users]
-        bpr = bpr_loss((u * item[pos]).sum(-1), (u * item[neg]).sum(-1))
+        bpr = bpr_loss((u * item[pos]).sum(-1), (u * item[neg]).sum(-1), batch)
         if self.config.reg_weight == 0.0:
             # The modality terms would only add zero gradients.
             return {'total': bpr, 'bpr': bpr}
         modal = bpr.new_zeros(())
         for m in self.modalities:
             t = self.project(m)
-            modal = modal + bpr_loss((u * t[pos]).sum(-1), (u * t[neg]).sum(-1))
+            modal = modal + bpr_loss((u * t[pos]).sum(-1), (u * t[neg]).sum(-1),
+                                     batch)
         total = bpr + self.config.reg_weight * modal
         return {'total': total, 'bpr': bpr, 'modality_bpr': modal}

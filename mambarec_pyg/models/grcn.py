@@ -46,7 +46,10 @@ modality). Xavier-normal initialisation of :math:`\mathbf{E}_{id}`, the
 preferences, :math:`\mathbf{W}_m` and :math:`\mathbf{C}`; PyTorch's default for
 the biases. MMRec's fixed settings: ``aggr='add'``, no activations, normalisation
 on, ``weight_mode='confid'``, pruning on, ``fusion_mode='concat'``, no edge
-dropout (``dropout_adj`` with p = 0).
+dropout (``dropout_adj`` with p = 0). On several processes
+(:mod:`~mambarec_pyg.train.distributed`) the BPR term, the ID term and the batch
+users' preference terms are means of per-triple values over the global batch
+(``batch.mean``); the first modality's whole preference table needs nothing.
 
 Where this differs from MMRec, and why:
 
@@ -99,7 +102,7 @@ from ..data.sampling import BPRBatch
 from ..nn.edge_attention import (EdgePattern, GRCNAttention, RefinedPropagation,
                                  edge_dot, edge_spmm, row_softmax)
 from ..nn.functional import normalize_rows
-from ..nn.losses import bpr_loss
+from ..nn.losses import bpr_loss, stacked_square_mean
 from .base import Recommender
 from .registry import register
 
@@ -257,13 +260,11 @@ class GRCN(Recommender):
         U = self.num_users
         user, item = self.representations()
         u, i, j = user[users], item[pos], item[neg]
-        bpr = bpr_loss((u * i).sum(dim=-1), (u * j).sum(dim=-1))
+        bpr = bpr_loss((u * i).sum(dim=-1), (u * j).sum(dim=-1), batch)
         e = self.id_embedding
-        # mean over the 2B x d stacked batch (each user once per pair)
-        id_term = (2 * e[users].square().sum() + e[U + pos].square().sum() +
-                   e[U + neg].square().sum()) / (2 * users.numel() * e.size(1))
+        id_term = stacked_square_mean(e[users], e[U + pos], e[U + neg], batch)
         prefs = [encoder.preference for encoder in self.encoders.values()]
         reg = id_term + prefs[0].square().mean() + \
-            sum(p[users].square().mean() for p in prefs)
+            sum(batch.mean(p[users].square()) for p in prefs)
         reg = self.config.reg_weight * reg
         return {'total': bpr + reg, 'bpr': bpr, 'reg': reg}

@@ -17,9 +17,9 @@ and :math:`\hat y_{ui} = \mathbf{e}_u^\top\mathbf{e}_i`.
 
 **Edge pruning in training** (:meth:`LayerGCN.on_epoch_start`). With ``dropout``
 :math:`p > 0`, each epoch keeps :math:`\lfloor |E|(1-p) \rfloor` of the distinct
-training pairs and re-normalises them (:func:`~mambarec_pyg.nn.pruning.pruned_adjacency`,
-degrees + :math:`10^{-7}`): even epochs (0, 2, ...) draw them with probability
-proportional to :math:`1/\sqrt{d_u d_i}`
+training pairs and re-normalises them
+(:func:`~mambarec_pyg.nn.pruning.pruned_adjacency`, degrees + :math:`10^{-7}`): even
+epochs (0, 2, ...) draw them with probability proportional to :math:`1/\sqrt{d_u d_i}`
 (:func:`~mambarec_pyg.nn.pruning.degree_sensitive_sample`, as FREEDOM), odd epochs
 uniformly (:func:`~mambarec_pyg.nn.pruning.uniform_sample`) -- MMRec's toggle
 ``pruning_random = True ^ pruning_random``, which starts degree-sensitive. Training-mode

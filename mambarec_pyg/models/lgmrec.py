@@ -76,6 +76,13 @@ embeddings). The hypergraph contrastive term of two modalities :math:`a, b` is
 batch count each time), with **all** users (items) as candidates, the positive
 included.
 
+**Several processes** (:mod:`~mambarec_pyg.train.distributed`): BPR is a mean
+over the global batch (``batch.mean``), each EmbLoss norm the global batch's (from
+the gathered row norms, :func:`~mambarec_pyg.nn.losses.emb_loss`), and
+:math:`\mathcal{L}_{HCL}` a sum over the triples whose candidates are all users
+(items), not the batch's: each process's sum, scaled by ``batch.sum``. The Gumbel
+noise and dropout masks cover whole tables and are the same on every process.
+
 **More or fewer modalities.** MMRec's code is written for exactly image (v) and
 text (t). Here :math:`\mathbf{E}^l` and :math:`\mathbf{E}^g` sum over every modality
 of ``data.modalities``, and :math:`\mathcal{L}_{HCL}` is the sum of
@@ -424,13 +431,16 @@ class LGMRec(Recommender):
         users, pos, neg = batch
         out = self.encode()
         u, i, j = out.user[users], out.item[pos], out.item[neg]
-        bpr = bpr_loss((u * i).sum(dim=-1), (u * j).sum(dim=-1))
-        reg = self.config.reg_weight * emb_loss(u, i, j)
+        bpr = bpr_loss((u * i).sum(dim=-1), (u * j).sum(dim=-1), batch)
+        reg = self.config.reg_weight * emb_loss(u, i, j, batch=batch)
         parts = {'bpr': bpr, 'reg': reg}
         total = bpr + reg
         if len(self.modalities) > 1:
             weight = self.config.cl_weight
-            hcl = weight * self.hcl(out, users, pos) if weight else bpr.new_zeros(())
+            # a sum over the triples (every user or item is a candidate, not only
+            # the batch's): this process's sum, scaled by BPRBatch.sum
+            hcl = weight * batch.sum(self.hcl(out, users, pos)) if weight else \
+                bpr.new_zeros(())
             parts['hcl'] = hcl
             total = total + hcl
         return {'total': total, **parts}

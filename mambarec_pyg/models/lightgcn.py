@@ -20,6 +20,11 @@ normalised user-item graph (no self loops;
 (MMRec's ``EmbLoss`` on the layer-0 embeddings of the batch). Xavier-uniform
 initialisation. No item features.
 
+On several processes (:mod:`~mambarec_pyg.train.distributed`) the BPR mean is
+over the global batch (``batch.mean``) and each Frobenius norm is the global
+batch's, from the gathered row norms (:func:`~mambarec_pyg.nn.losses.emb_loss`
+with ``batch``).
+
 The layers are PyG's :class:`~torch_geometric.nn.conv.LGConv`
 (:class:`~mambarec_pyg.nn.LightGCNPropagation`) on the pre-normalised CSR adjacency
 the data carries. :class:`torch_geometric.nn.models.LightGCN` is the same model but
@@ -110,8 +115,8 @@ class LightGCN(Recommender):
         users, pos, neg = batch
         user, item = self.embed()
         u, i, j = user[users], item[pos], item[neg]
-        bpr = bpr_loss((u * i).sum(dim=-1), (u * j).sum(dim=-1))
+        bpr = bpr_loss((u * i).sum(dim=-1), (u * j).sum(dim=-1), batch)
         reg = self.config.reg_weight * emb_loss(self.user_embedding(users),
                                                 self.item_embedding(pos),
-                                                self.item_embedding(neg))
+                                                self.item_embedding(neg), batch=batch)
         return {'total': bpr + reg, 'bpr': bpr, 'reg': reg}

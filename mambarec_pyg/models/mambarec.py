@@ -31,7 +31,13 @@ Loss per batch (users :math:`u`, positives :math:`i`, negatives :math:`j`):
 (\mathrm{InfoNCE}(\mathrm{side}_i, c_i) + \mathrm{InfoNCE}(\mathrm{side}_u, c_u)) +
 \lambda_{\mathrm{mmd}} \mathrm{MMD}(\bar g_v[i], \bar g_t[i])` with :math:`\bar g`
 the L2-normalised DREAM outputs. With more than two modalities the MMD term is the
-mean over all modality pairs; with one modality there is no MMD term.
+mean over all modality pairs; with one modality there is no MMD term. On several
+processes (:mod:`~mambarec_pyg.train.distributed`) BPR and the regulariser are
+per-triple terms (``batch.mean`` / ``batch.sum``; the denominator :math:`B` is the
+configured global batch size), while InfoNCE and MMD couple the batch: every process
+computes them on the rows of the global batch, gathered once per step
+(``batch.gather``). Dropout acts on the whole item table and DREAM's BatchNorm
+normalises over all items (not the batch), so both are the same on every process.
 
 ``'paper'`` follows the paper's text where it differs (docs/reference.md §6): every
 reduced modality (default: all) is projected by one linear map to

@@ -22,7 +22,10 @@ fixes its structure:
   \|e_j\|^2) + \lambda_{cl}(\mathrm{InfoNCE}(\mathrm{side}_i, \mathbf{C}_i) +
   \mathrm{InfoNCE}(\mathrm{side}_u, \mathbf{C}_u))` with temperature 0.2 and
   :math:`B` the configured batch size;
-* protocol: Adam with the learning rate decayed by :math:`0.96^{e/50}`.
+* protocol: Adam with the learning rate decayed by :math:`0.96^{e/50}`;
+* on several processes (:mod:`~mambarec_pyg.train.distributed`), as MambaRec's loss:
+  BPR and the regulariser per triple, the InfoNCE terms on the gathered rows of the
+  global batch.
 
 MMRec's code and the paper agree on these; MMRec's unused options (``lambda_coeff``,
 ``tau = 0.5``) are not exposed.

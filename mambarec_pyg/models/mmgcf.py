@@ -255,8 +255,7 @@ class MMGCF(Recommender):
         users, pos, neg = batch
         user, item = self.embed()
         u = user[users]
-        bpr = batch.mean(bpr_loss((u * item[pos]).sum(-1), (u * item[neg]).sum(-1),
-                                  reduction='none'))
+        bpr = bpr_loss((u * item[pos]).sum(-1), (u * item[neg]).sum(-1), batch)
         squares = (self.user_embedding(users).square().sum(-1) +
                    self.item_embedding(pos).square().sum(-1) +
                    self.item_embedding(neg).square().sum(-1))

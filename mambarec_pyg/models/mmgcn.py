@@ -36,6 +36,11 @@ embeddings, preferences, graph weights :math:`\mathbf{W}^l`, :math:`\mathbf{L}^l
 and :math:`\mathbf{G}^1`; PyTorch's default for the latent layer and
 :math:`\mathbf{G}^{l \ge 2}` (MMRec never re-initialises them).
 
+On several processes (:mod:`~mambarec_pyg.train.distributed`) the BPR term and the
+ID term are means of per-triple values over the global batch (``batch.mean``,
+:func:`~mambarec_pyg.nn.losses.stacked_square_mean`); the preference term reads no
+batch row.
+
 Where this differs from MMRec, and why:
 
 * **Trained ID embeddings and preferences.** MMRec builds both as plain tensors
@@ -95,7 +100,7 @@ from ..data.index import training_index
 from ..data.sampling import BPRBatch
 from ..nn.mmgcn_conv import MMGCNConv, mean_adjacency
 from ..nn.functional import normalize_rows
-from ..nn.losses import bpr_loss
+from ..nn.losses import bpr_loss, stacked_square_mean
 from .base import Recommender, SparseGraphs
 from .registry import register
 
@@ -282,11 +287,9 @@ class MMGCN(Recommender):
         U = self.num_users
         rep = self.representations()
         u, i, j = rep[users], rep[U + pos], rep[U + neg]
-        bpr = bpr_loss((u * i).sum(dim=-1), (u * j).sum(dim=-1))
+        bpr = bpr_loss((u * i).sum(dim=-1), (u * j).sum(dim=-1), batch)
         e = self.id_embedding
-        # mean over the 2B x d stacked batch (each user once per pair)
-        id_term = (2 * e[users].square().sum() + e[U + pos].square().sum() +
-                   e[U + neg].square().sum()) / (2 * users.numel() * e.size(1))
+        id_term = stacked_square_mean(e[users], e[U + pos], e[U + neg], batch)
         first = self.encoders[self.modalities[0]].preference
         reg = self.config.reg_weight * (id_term + first.square().mean())
         return {'total': bpr + reg, 'bpr': bpr, 'reg': reg}

@@ -425,21 +425,41 @@ class MultiViewRecommender(Recommender):
         final = content_r + side_r
         e_u, e_i, e_j = final.split([B, B, B])
 
-        bpr = bpr_loss((e_u * e_i).sum(dim=1), (e_u * e_j).sum(dim=1))
-        reg = s.reg_weight * (e_u.square().sum() + e_i.square().sum() +
-                              e_j.square().sum()) / 2 / batch_size
+        bpr = bpr_loss((e_u * e_i).sum(dim=1), (e_u * e_j).sum(dim=1), batch)
+        reg = s.reg_weight * (batch.sum(e_u.square()) + batch.sum(e_i.square()) +
+                              batch.sum(e_j.square())) / 2 / batch_size
         zero = final.new_zeros(())
         total = bpr + reg
+
+        # The rows of the terms that couple the batch (InfoNCE, MMD): this batch's,
+        # or on one process's slice of a global batch the whole batch's, gathered
+        # once (every process then computes these terms on the global batch).
+        cl_reference = s.cl and s.variant == 'reference'
+        pos_aligned = (s.cl and not cl_reference and len(self.modalities) > 1) or \
+            mmd_active
+        side_u, side_i = side_r[:B], side_r[B:2 * B]
+        content_u, content_i = content_r[:B], content_r[B:2 * B]
+        g_pos = None
+        if batch.shard is not None:
+            cols = ([side_u, side_i, content_u, content_i] if cl_reference else []) + \
+                ([aligned[m][pos] for m in self.modalities] if pos_aligned else [])
+            if cols:
+                rows = batch.gather(torch.cat(cols, dim=1)).split(
+                    [c.size(1) for c in cols], dim=1)
+                if cl_reference:
+                    side_u, side_i, content_u, content_i = rows[:4]
+                if pos_aligned:
+                    g_pos = list(rows[4 if cl_reference else 0:])
 
         cl = zero
         if s.cl:
             with torch.set_grad_enabled(torch.is_grad_enabled() and cl_weight != 0):
                 if s.variant == 'reference':
-                    cl = (info_nce(side_r[B:2 * B], content_r[B:2 * B],
-                                   s.cl_temperature) +
-                          info_nce(side_r[:B], content_r[:B], s.cl_temperature))
+                    cl = (info_nce(side_i, content_i, s.cl_temperature) +
+                          info_nce(side_u, content_u, s.cl_temperature))
                 elif len(self.modalities) > 1:
-                    g = [aligned[m][pos] for m in self.modalities]
+                    g = g_pos if g_pos is not None else \
+                        [aligned[m][pos] for m in self.modalities]
                     cl = _pair_mean(lambda a, b: info_nce(a, b, s.cl_temperature), g)
             if cl_weight != 0:
                 total = total + cl_weight * cl
@@ -451,7 +471,9 @@ class MultiViewRecommender(Recommender):
             if mmd_active:
                 with torch.set_grad_enabled(torch.is_grad_enabled() and
                                             s.mmd_weight != 0):
-                    g = [F.normalize(aligned[m][pos], dim=1) for m in self.modalities]
+                    g = [F.normalize(x, dim=1) for x in (
+                        g_pos if g_pos is not None else
+                        [aligned[m][pos] for m in self.modalities])]
                     mmd = _pair_mean(lambda a, b: mmd_loss(a, b, s.mmd_bandwidth), g)
                 if s.mmd_weight != 0:
                     total = total + s.mmd_weight * mmd

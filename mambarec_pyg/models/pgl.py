@@ -269,8 +269,7 @@ class PGL(Recommender):
         users, pos, neg = batch
         user, item = self.embed()
         u, i = user[users], item[pos]
-        bpr = batch.mean(bpr_loss((u * i).sum(-1), (u * item[neg]).sum(-1),
-                                  reduction='none'))
+        bpr = bpr_loss((u * i).sum(-1), (u * item[neg]).sum(-1), batch)
         if c.cl_weight == 0.0:
             return {'total': bpr, 'bpr': bpr}
         # The InfoNCE terms couple the batch's rows: over the global batch, with

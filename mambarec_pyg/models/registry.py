@@ -24,8 +24,9 @@ from ..config import (BUILTIN_MODELS, ModelConfig, load_builtin_model,
 __all__ = ['register', 'get_model_class', 'get_config_class', 'list_models']
 
 _MODELS: Dict[str, type] = {}
-#: The built-in models in the order of the paper's Table 2 (most-popular first);
-#: ``list_models`` lists them so, then any other registered model.
+#: The built-in models: the paper's Table 2 in its order (most-popular first), then
+#: BM3 and the rest of MMRec's zoo, MambaRec last; ``list_models`` lists them so, then
+#: any other registered model.
 PAPER_ORDER = tuple(BUILTIN_MODELS)
 
 

@@ -67,6 +67,11 @@ set (MMRec searches [1e-4, 1e-3, 0.01, 0.1]; the official SLMRec code uses 0.01)
 Initialisation as MMRec's: Xavier-uniform embeddings and weight matrices, PyTorch's
 default biases.
 
+Both losses couple the batch's rows (in-batch negatives). On several processes
+(:mod:`~mambarec_pyg.train.distributed`) every process gathers the branch outputs
+of the global batch's users and positive items (one ``batch.gather``) and computes
+the fusion, :math:`\mathcal{L}_{main}` and FAC on all of them.
+
 Where this differs from MMRec:
 
 * **Scoring.** MMRec's ``full_sort_predict`` ranks with the embeddings cached by the
@@ -259,6 +264,10 @@ class SLMRec(Recommender):
         # one gather (one scatter in the backward pass) for the batch's users and items
         rows = self.branches()[torch.cat([users, self.num_users + pos])]
         user, item = rows[:users.numel()], rows[users.numel():]
+        if batch.shard is not None:
+            # Both terms couple the batch's rows: every process computes them on
+            # the whole global batch (one gather of the users' and items' rows).
+            user, item = batch.gather(torch.cat([user, item], dim=1)).chunk(2, dim=1)
         main = info_nce(self.user_fusion(user), self.item_fusion(item),
                         self.config.temp)
         fac = self.fac_losses(item)

@@ -343,8 +343,7 @@ class SMORE(Recommender):
         users, pos, neg = batch
         out = self.encode()
         e_u, e_i, e_j = out.user[users], out.item[pos], out.item[neg]
-        bpr = batch.mean(bpr_loss((e_u * e_i).sum(-1), (e_u * e_j).sum(-1),
-                                  reduction='none'))
+        bpr = bpr_loss((e_u * e_i).sum(-1), (e_u * e_j).sum(-1), batch)
         squares = e_u.square().sum(-1) + e_i.square().sum(-1) + e_j.square().sum(-1)
         reg = c.reg_weight * batch.sum(squares) / (2 * batch.nominal_size)
         # InfoNCE couples the batch's rows: over the rows of the global batch.

@@ -22,6 +22,11 @@ projected content too. Initialisation as MMRec's: :math:`\mathbf{P}` and
 :math:`\boldsymbol{\Gamma}` Xavier-uniform, :math:`\mathbf{W}` Xavier-normal,
 :math:`\mathbf{b} = 0`. The raw features are buffers (not trained, not normalised).
 
+On several processes (:mod:`~mambarec_pyg.train.distributed`) the BPR mean is
+over the global batch (``batch.mean``) and each Frobenius norm is the global
+batch's, from the gathered row norms (:func:`~mambarec_pyg.nn.losses.emb_loss`
+with ``batch``).
+
 Where MMRec's VBPR differs from the paper:
 
 * no bias terms: the paper's score adds an item bias :math:`\beta_i` and a visual
@@ -121,6 +126,6 @@ class VBPR(Recommender):
         users, pos, neg = batch
         item = self.item_representations()
         u, i, j = self.user_embedding(users), item[pos], item[neg]
-        bpr = bpr_loss((u * i).sum(dim=-1), (u * j).sum(dim=-1))
-        reg = self.config.reg_weight * emb_loss(u, i, j)
+        bpr = bpr_loss((u * i).sum(dim=-1), (u * j).sum(dim=-1), batch)
+        reg = self.config.reg_weight * emb_loss(u, i, j, batch=batch)
         return {'total': bpr + reg, 'bpr': bpr, 'reg': reg}

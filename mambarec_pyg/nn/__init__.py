@@ -11,7 +11,8 @@ from .edge_attention import (EdgePattern, GRCNAttention, RefinedPropagation, edg
 from .functional import frozen_product, normalize_rows
 from .fusion import ModalityFusion
 from .hypergraph import hcl_loss, hypergraph_propagation, row_logsumexp_sum
-from .losses import InfoNCELoss, MMDLoss, bpr_loss, emb_loss, info_nce, mmd_loss
+from .losses import (InfoNCELoss, MMDLoss, bpr_loss, emb_loss, info_nce, mmd_loss,
+                     stacked_square_mean)
 from .mmgcn_conv import MMGCNConv, mean_adjacency
 from .projection import Projection, reduced_width
 from .sparse import SparseGraphs, as_csr, edge_matrix, user_item_matrices
@@ -48,6 +49,7 @@ __all__ = [
     'emb_loss',
     'info_nce',
     'mmd_loss',
+    'stacked_square_mean',
     'InfoNCELoss',
     'MMDLoss',
 ]

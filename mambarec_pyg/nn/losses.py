@@ -9,24 +9,33 @@ their hyper-parameters:
 * :func:`mmd_loss` / :class:`MMDLoss` -- squared maximum mean discrepancy with a
   Gaussian kernel (eqs. 7-9);
 * :func:`emb_loss` -- MMRec's ``EmbLoss`` regulariser of the baselines (Frobenius
-  norms, not squared, over the batch length).
+  norms, not squared, over the batch length);
+* :func:`stacked_square_mean` -- MMGCN's and GRCN's ID regulariser.
+
+The batch terms take the :class:`~mambarec_pyg.data.sampling.BPRBatch` (``batch``) so
+that on one process's slice of a global batch (data parallelism) they give the
+value the rule of :class:`~mambarec_pyg.models.Recommender` asks for.
 """
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+if TYPE_CHECKING:  # pragma: no cover
+    from ..data.sampling import BPRBatch
+
 Bandwidth = Union[float, Sequence[float]]
 
-__all__ = ['bpr_loss', 'info_nce', 'mmd_loss', 'emb_loss', 'InfoNCELoss', 'MMDLoss']
+__all__ = ['bpr_loss', 'info_nce', 'mmd_loss', 'emb_loss', 'stacked_square_mean',
+           'InfoNCELoss', 'MMDLoss']
 
 
-def bpr_loss(pos_scores: Tensor, neg_scores: Tensor, reduction: str = 'mean'
-             ) -> Tensor:
+def bpr_loss(pos_scores: Tensor, neg_scores: Tensor,
+             batch: Optional['BPRBatch'] = None, reduction: str = 'mean') -> Tensor:
     r"""The Bayesian personalised ranking loss
 
     .. math::
@@ -39,9 +48,12 @@ def bpr_loss(pos_scores: Tensor, neg_scores: Tensor, reduction: str = 'mean'
     Args:
         pos_scores (torch.Tensor): scores of the positive pairs, shape :obj:`[B]`.
         neg_scores (torch.Tensor): scores of the negative pairs, shape :obj:`[B]`.
+        batch (BPRBatch, optional): the batch the scores belong to; the mean is then
+            :meth:`BPRBatch.mean <mambarec_pyg.data.sampling.BPRBatch.mean>`, over
+            the global batch when the batch is one process's slice of it (the plain
+            mean otherwise).
         reduction (str): ``'mean'`` (the loss above) or ``'none'`` (the :obj:`[B]`
-            terms, e.g. for :meth:`BPRBatch.mean
-            <mambarec_pyg.data.sampling.BPRBatch.mean>` or a weighted mean).
+            terms, e.g. for a weighted mean; ``batch`` is then not used).
             (default: ``'mean'``)
     """
     if pos_scores.shape != neg_scores.shape:
@@ -52,10 +64,12 @@ def bpr_loss(pos_scores: Tensor, neg_scores: Tensor, reduction: str = 'mean'
         raise ValueError(f"bpr_loss: reduction: expected 'mean' or 'none', got "
                          f"{reduction!r}")
     terms = F.softplus(neg_scores - pos_scores)
-    return terms.mean() if reduction == 'mean' else terms
+    if reduction == 'none':
+        return terms
+    return terms.mean() if batch is None else batch.mean(terms)
 
 
-def emb_loss(*embeddings: Tensor) -> Tensor:
+def emb_loss(*embeddings: Tensor, batch: Optional['BPRBatch'] = None) -> Tensor:
     r"""MMRec's ``EmbLoss``: the sum of the Frobenius norms (**not** squared) of the
     given batch embeddings, divided by the number of rows of the last one,
 
@@ -64,13 +78,53 @@ def emb_loss(*embeddings: Tensor) -> Tensor:
 
     the regulariser of MMRec's BPR, LightGCN, VBPR and LGMRec (``reg_weight`` times
     this), and of BM3 on the full tables.
+
+    ``batch``: the :class:`~mambarec_pyg.data.sampling.BPRBatch` whose rows the
+    embeddings are (each ``[b, d_k]``). When it is one process's slice of a global
+    batch, a norm is not a sum over the rows: each process gathers the row norms of
+    every process (:meth:`BPRBatch.gather
+    <mambarec_pyg.data.sampling.BPRBatch.gather>`, one ``[b, K]`` gather) and
+    computes the global value, :math:`\|\mathbf{E}_k\|_F = \|(\|\mathbf{e}_{k,b}
+    \|)_b\|_2` over the :math:`B` = ``batch.num_global`` rows. Without a shard
+    (one process) the plain computation above.
     """
     if not embeddings:
         raise ValueError('emb_loss: expected at least one tensor')
+    if batch is not None and batch.shard is not None:
+        rows = torch.stack([torch.linalg.vector_norm(e, dim=1) for e in embeddings],
+                           dim=1)
+        norms = torch.linalg.vector_norm(batch.gather(rows), dim=0)
+        return norms.sum() / max(batch.num_global, 1)
     total = embeddings[0].norm(p=2)
     for e in embeddings[1:]:
         total = total + e.norm(p=2)
     return total / embeddings[-1].size(0)
+
+
+def stacked_square_mean(users: Tensor, pos: Tensor, neg: Tensor,
+                        batch: Optional['BPRBatch'] = None) -> Tensor:
+    r"""The mean of the squares over the :math:`2B \times d` stacked batch
+    :math:`[\mathbf{E}_u; \mathbf{E}_u]` and :math:`[\mathbf{E}_{i^+};
+    \mathbf{E}_{i^-}]` (each user once per pair),
+
+    .. math::
+        \frac{1}{2Bd}\sum_b \big(2\|\mathbf{e}_{u_b}\|^2 +
+        \|\mathbf{e}_{i^+_b}\|^2 + \|\mathbf{e}_{i^-_b}\|^2\big),
+
+    the ID regulariser of MMRec's MMGCN and GRCN.
+
+    Args:
+        users, pos, neg (torch.Tensor): the batch's rows, each :obj:`[B, d]`.
+        batch (BPRBatch, optional): when it is one process's slice of a global
+            batch, the per-triple terms are averaged with :meth:`BPRBatch.mean
+            <mambarec_pyg.data.sampling.BPRBatch.mean>` (the global mean).
+    """
+    if batch is None or batch.shard is None:
+        return (2 * users.square().sum() + pos.square().sum() +
+                neg.square().sum()) / (2 * users.size(0) * users.size(1))
+    per_triple = (2 * users.square().sum(1) + pos.square().sum(1) +
+                  neg.square().sum(1)) / (2 * users.size(1))
+    return batch.mean(per_triple)
 
 
 def info_nce(a: Tensor, b: Tensor, temperature: float) -> Tensor:

@@ -1,6 +1,6 @@
 r"""The user co-occurrence aggregation of DualGNN and DRAGON
-(`"DualGNN: Dual Graph Neural Network for Multimedia Recommendation"
-<https://doi.org/10.1109/TMM.2021.3138298>`_, Wang et al., IEEE TMM 2021;
+("DualGNN: Dual Graph Neural Network for Multimedia Recommendation", Wang et al.,
+IEEE TMM 2021;
 `"Enhancing Dyadic Relations with Homogeneous Graphs for Multimodal Recommendation"
 <https://arxiv.org/abs/2301.12097>`_, Zhou et al., ECAI 2023).
 
@@ -111,7 +111,8 @@ def user_graph_matrix(index: Tensor, count: Tensor, num_users: int,
     top = logits.amax(dim=1, keepdim=True).clamp(min=0.0)  # finite for empty rows
     weight = torch.exp(logits - top)
     weight = weight / weight.sum(dim=1, keepdim=True).clamp(min=1e-300)
-    users = torch.arange(index.size(0), device=index.device).view(-1, 1).expand_as(index)
+    users = torch.arange(index.size(0), device=index.device).view(-1, 1)
+    users = users.expand_as(index)
     edge_index = torch.stack([index[valid], users[valid]])
     return sparse_from_edges(edge_index, weight[valid], (num_users, num_users),
                              dtype=dtype or torch.get_default_dtype(), layout='csr')

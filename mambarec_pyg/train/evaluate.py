@@ -37,8 +37,8 @@ from torch_geometric.metrics import (LinkPredMAP, LinkPredMetricCollection,
                                      LinkPredRecall)
 
 from ..data.index import UI, training_index
-from ..ranking import ItemLists
-from ..utils import cached_on, progress as _progress, resolve_device, \
+from ..ranking import ItemLists, score_rows, transpose_items
+from ..utils import cached_on, eval_view, progress as _progress, resolve_device, \
     tensor_fingerprint
 
 __all__ = ['Evaluator', 'evaluate', 'recommend', 'METRICS', 'SPLITS',
@@ -162,17 +162,14 @@ class Evaluator:
         """Metrics of ``model`` on ``split``; its embeddings are computed once.
 
         ``model.embed()`` (or ``model()``) must return ``(user_emb [U, d], item_emb
-        [N, d])``; the model is put in eval mode for the call and its previous mode
-        restored. ``progress`` shows a bar over the user batches; ``per_user`` adds
+        [N, d])``; it is computed in eval mode on a view of the model
+        (:func:`~mambarec_pyg.utils.eval_view`), leaving the model's own mode
+        alone. ``progress`` shows a bar over the user batches; ``per_user`` adds
         :func:`per_user_metrics`-style values under ``'per_user'``.
         """
-        was_training = model.training
-        model.eval()
-        try:
-            embed = getattr(model, 'embed', None)
-            user_emb, item_emb = embed() if callable(embed) else model()
-        finally:
-            model.train(was_training)
+        view = eval_view(model)
+        embed = getattr(view, 'embed', None)
+        user_emb, item_emb = embed() if callable(embed) else view()
         return self.from_embeddings(user_emb, item_emb, split, progress, per_user)
 
     @torch.no_grad()
@@ -193,13 +190,13 @@ class Evaluator:
         coll.reset()
         n = sp.users.numel()
         k = min(max(self.ks), self.num_items)
-        item_t = item_emb.t().contiguous()
+        item_t = transpose_items(item_emb)
         starts = _progress(range(0, n, self.batch_size), enabled=progress,
                            desc=f'evaluating {split}', unit='batch', leave=False)
         tops = []
         for start in starts:
             end = min(start + self.batch_size, n)
-            scores = user_emb[sp.users[start:end]] @ item_t
+            scores = score_rows(user_emb, item_t, sp.users[start:end])
             rows, cols = sp.train.slice(start, end)
             scores[rows, cols] = float('-inf')
             top = scores.topk(k, dim=1).indices

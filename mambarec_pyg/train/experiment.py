@@ -62,7 +62,7 @@ def run(config: Config, output_dir: Optional[PathLike] = None, *,
     factory = model_factory or build_model
     model = factory(data, config.model)
     trainer = Trainer(model, data, config, output_dir, resume=resume, quiet=quiet,
-                      callbacks=callbacks, data_spec=data_spec(config.data))
+                      callbacks=callbacks, data_spec=data_spec(config.data, data))
     return trainer.fit()
 
 

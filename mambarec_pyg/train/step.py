@@ -5,11 +5,12 @@ The loop (:class:`~mambarec_pyg.train.trainer.Trainer`) hands every *global* bat
 of BPR triples to a :class:`TrainingStep` in two calls: :meth:`TrainingStep.forward`
 (the model's named loss parts, with their graph) and, once the loop has checked
 them, :meth:`TrainingStep.update` (gradients and the optimiser). The loss parts it
-logs for an epoch go through :meth:`TrainingStep.reduce`. On one process these are
-the plain calls; a data-parallel step
-(:mod:`~mambarec_pyg.train.distributed`) computes each process's slice of the
-batch, synchronises the gradients and averages the logged values, behind the same
-three methods.
+logs for an epoch go through :meth:`TrainingStep.reduce`, and the decision to stop
+on a non-finite loss through :meth:`TrainingStep.all_finite`. On one process these
+are the plain calls; a data-parallel step
+(:class:`~mambarec_pyg.train.distributed.DistributedStep`) computes each process's
+slice of the batch, synchronises the gradients, averages the logged values and
+makes every process take the same decision, behind the same methods.
 """
 from __future__ import annotations
 
@@ -50,3 +51,9 @@ class TrainingStep:
         """Logged values (a tensor of loss parts) as the whole batch's: here as they
         are."""
         return values
+
+    def all_finite(self, values: Tensor) -> bool:
+        """Whether the logged ``values`` of a step are all finite (on several
+        processes: on every process, one answer for all, so that they stop
+        together)."""
+        return bool(torch.isfinite(values).all())

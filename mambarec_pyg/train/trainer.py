@@ -247,7 +247,7 @@ class Trainer:
         self.callbacks = list(callbacks)
         if data_spec is None and self.run_config is not None:
             from ..data.dataset import data_spec as _spec
-            data_spec = _spec(self.run_config.data)
+            data_spec = _spec(self.run_config.data, data)
         if allow_no_valid is None:
             allow_no_valid = bool(run_config is not None and
                                   run_config.data.allow_no_valid)

@@ -30,6 +30,7 @@ REGISTERED = list_models()
 #: (one training step, resume).
 CANNOT = {
     ('popularity', 'train'): 'most-popular ranking has nothing to train',
+    ('itemknncbf', 'train'): 'content-based item kNN has nothing to train',
 }
 
 

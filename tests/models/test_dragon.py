@@ -99,7 +99,8 @@ def test_training_mode_uses_the_padded_user_graph(tiny_data):
     model = _build(tiny_data, user_knn_k=40).train()
     torch.manual_seed(2)
     model.on_epoch_start(0)
-    reps = plain_modality_representations(model, tiny_data, numpy_normalized_adjacency(tiny_data))
+    reps = plain_modality_representations(model, tiny_data,
+                                          numpy_normalized_adjacency(tiny_data))
     U = model.num_users
     user = torch.cat([model.user_weight[:, m:m + 1] * r[:U]
                       for m, r in enumerate(reps)], dim=1)

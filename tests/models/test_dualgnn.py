@@ -163,7 +163,8 @@ def test_training_pads_per_epoch_and_eval_does_not(tiny_data):
     torch.testing.assert_close(model.graphs['user_graph_padded'].to_dense(), want)
     assert not torch.allclose(want, eval_graph)
 
-    reps = plain_modality_representations(model, tiny_data, numpy_normalized_adjacency(tiny_data))
+    reps = plain_modality_representations(model, tiny_data,
+                                          numpy_normalized_adjacency(tiny_data))
     user = sum(model.user_weight[:, m:m + 1] * r[:U] for m, r in enumerate(reps))
     torch.testing.assert_close(model.embed()[0], user + want @ user)  # training
     torch.testing.assert_close(model.eval_embeddings()[0],

@@ -82,7 +82,7 @@ def test_forward_loss_and_gradients_match_a_plain_computation(tiny_data):
 
 def test_pruning_alternates_renormalises_and_eval_uses_the_full_graph(tiny_data):
     model = _build(tiny_data, dropout=0.2, n_layers=2).train()
-    U, N = model.num_users, model.num_items
+    U = model.num_users
     E = tiny_data[UI].edge_index
     train_pairs = set(zip(E[0].tolist(), E[1].tolist()))
     assert model.num_kept_edges == int(len(train_pairs) * 0.8)

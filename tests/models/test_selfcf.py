@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from support import (assert_beats_popularity, default_dtype, numpy_bipartite_adjacency,
                      random_batch, train_through_cli)
@@ -96,8 +95,9 @@ def test_training_loss_and_gradients_match_a_plain_computation(tiny_data, dropou
     u, i = U[users], I[items]
     d = u.size(1)
     if dropout > 0:
-        mu = (torch.rand(40, d, dtype=torch.float64) >= dropout).double() / (1 - dropout)
-        mi = (torch.rand(40, d, dtype=torch.float64) >= dropout).double() / (1 - dropout)
+        keep = 1 - dropout
+        mu = (torch.rand(40, d, dtype=torch.float64) >= dropout).double() / keep
+        mi = (torch.rand(40, d, dtype=torch.float64) >= dropout).double() / keep
     else:
         mu = mi = torch.ones(40, d, dtype=torch.float64)
     ut, it = (u * mu).detach(), (i * mi).detach()
