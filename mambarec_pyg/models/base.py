@@ -145,6 +145,13 @@ class Recommender(torch.nn.Module):
     #: whether training-mode computations draw random numbers (dropout, sampled
     #: noise or edges), so that two devices give different values in training mode.
     stochastic_training: ClassVar[bool] = False
+    #: whether every training step's loss reaches every trainable parameter. A model
+    #: that leaves some without a gradient in some steps (LATTICE rebuilds its
+    #: learned graph, with gradients to the features, in the first step of an epoch
+    #: only) sets it to ``False``: ``DistributedDataParallel`` must then look for
+    #: unused parameters (:class:`~mambarec_pyg.train.distributed.DistributedStep`
+    #: with ``sync='ddp'``).
+    uses_all_parameters: ClassVar[bool] = True
 
     def __init__(self, data, config: Optional[ModelConfig] = None) -> None:
         super().__init__()

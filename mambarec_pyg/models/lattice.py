@@ -181,6 +181,9 @@ class LATTICE(Recommender):
     config_class = LATTICEConfig
     min_modalities = 1
     protocol = {'lr_decay': 0.96, 'weight_decay': 0.0}
+    # the learned graph (and through it the features and projections) gets a
+    # gradient in an epoch's first step only
+    uses_all_parameters = False
     reference = ('Zhang et al., "Mining Latent Structures for Multimedia '
                  'Recommendation", ACM MM 2021')
 

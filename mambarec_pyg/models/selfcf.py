@@ -209,7 +209,9 @@ class SelfCF(Recommender):
             i_mask = self.target_mask(batch, i)
             u_target = u.detach() if u_mask is None else u.detach() * u_mask
             i_target = i.detach() if i_mask is None else i.detach() * i_mask
-        u_online, i_online = self.predictor(torch.cat([u, i])).split(users.numel())
+        online = self.predictor(torch.cat([u, i]))
+        # (slicing, not split(): a process may hold no triples of a short batch)
+        u_online, i_online = online[:users.numel()], online[users.numel():]
         align = -(batch.mean(F.cosine_similarity(u_online, i_target, dim=-1)) +
                   batch.mean(F.cosine_similarity(i_online, u_target, dim=-1))) / 2
         reg = self.config.reg_weight * 0.5 * batch.sum(u.pow(2).sum(-1) +

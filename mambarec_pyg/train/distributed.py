@@ -507,14 +507,16 @@ class DistributedStep(TrainingStep):
             handling and no wrapper. On GPUs, where NCCL traffic can overlap the
             backward pass, ``'ddp'`` may be faster (not measured yet).
         bucket_mb: gradient bucket size of both modes.
-        find_unused_parameters: passed to ``DistributedDataParallel`` (``'ddp'``).
+        find_unused_parameters: passed to ``DistributedDataParallel`` (``'ddp'``);
+            ``None`` (default): true for a model whose steps do not all reach every
+            parameter (its ``uses_all_parameters`` is false, e.g. LATTICE).
 
     Dense gradients only (a sparse gradient stops with an error).
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  context, sync: str = 'allreduce', bucket_mb: float = 25.0,
-                 find_unused_parameters: bool = False) -> None:
+                 find_unused_parameters: Optional[bool] = None) -> None:
         super().__init__(model, optimizer)
         if sync not in SYNC_MODES:
             raise ValueError(f'sync: expected one of {", ".join(map(repr, SYNC_MODES))},'
@@ -527,6 +529,8 @@ class DistributedStep(TrainingStep):
         self.bucket_bytes = int(bucket_mb * 2**20)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self._ddp = None
+        if find_unused_parameters is None:
+            find_unused_parameters = not getattr(model, 'uses_all_parameters', True)
         if sync == 'ddp':
             import warnings
             from torch.nn.parallel import DistributedDataParallel
