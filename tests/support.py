@@ -1,6 +1,7 @@
 """Helpers shared by test files: a small matrix-factorisation model registered from
 the tests, as a user would register their own model; random BPR batches, item-feature
-variants of a dataset and float64 construction for the per-model formula tests;
+variants of a dataset, float64 construction and the loss-and-gradients comparison
+for the per-model formula tests;
 plain computations several model tests share (the user co-occurrence graph from a
 naive loop, DualGNN's and DRAGON's modality networks and loss); and the "beats
 most-popular through the CLI" learning check."""
@@ -156,6 +157,14 @@ def numpy_bipartite_adjacency(data, edges: Optional[np.ndarray] = None) -> np.nd
     A[ei[0], U + ei[1]] = 1.0
     A[U + ei[1], ei[0]] = 1.0
     return A
+
+
+def build_float64(model_class, data, seed: int = 0, **options):
+    """``model_class(data, model_class.config_class(**options))`` built in float64
+    after ``torch.manual_seed(seed)`` (the per-model formula tests' models)."""
+    torch.manual_seed(seed)
+    with default_dtype(torch.float64):
+        return model_class(data, model_class.config_class(**options))
 
 
 def loss_and_grads(model, batch) -> Tuple[Dict[str, Tensor], Dict[str, Optional[Tensor]]]:

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from support import (assert_beats_popularity, assert_grads_match, default_dtype,
+from support import (assert_beats_popularity, assert_grads_match, build_float64,
                      feature_variants, loss_and_grads, numpy_normalized_adjacency,
                      random_batch, train_through_cli)
 
@@ -28,9 +28,7 @@ def variants(tiny_data):
 
 
 def _build(data, **kwargs) -> DAMRS:
-    torch.manual_seed(0)
-    with default_dtype(torch.float64):
-        return DAMRS(data, DAMRSConfig(**kwargs))
+    return build_float64(DAMRS, data, **kwargs)
 
 
 def _numpy_denoised(tables, k):

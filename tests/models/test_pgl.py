@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch_geometric.data import HeteroData
 
-from support import (assert_beats_popularity, assert_grads_match, default_dtype,
+from support import (assert_beats_popularity, assert_grads_match, build_float64,
                      feature_variants, loss_and_grads, numpy_normalized_adjacency,
                      random_batch, train_through_cli)
 
@@ -31,9 +31,7 @@ def variants(tiny_data):
 
 
 def _build(data, **kwargs) -> PGL:
-    torch.manual_seed(0)
-    with default_dtype(torch.float64):
-        return PGL(data, PGLConfig(**kwargs))
+    return build_float64(PGL, data, **kwargs)
 
 
 def _numpy_principal(data, rank, threshold=1e-3) -> np.ndarray:

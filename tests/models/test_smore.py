@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from support import (assert_beats_popularity, assert_grads_match, default_dtype,
-                     feature_variants, loss_and_grads, numpy_normalized_adjacency,
-                     random_batch, train_through_cli)
+from support import (assert_beats_popularity, assert_grads_match, build_float64,
+                     default_dtype, feature_variants, loss_and_grads,
+                     numpy_normalized_adjacency, random_batch, train_through_cli)
 
 from mambarec_pyg.config import Config, ConfigError, DataConfig
 from mambarec_pyg.models import SMORE, SMOREConfig
@@ -28,9 +28,7 @@ def variants(tiny_data):
 def _build(data, **kwargs) -> SMORE:
     kwargs = dict(dict(image_knn_k=KNN['image'], text_knn_k=KNN['text'],
                        knn_k=KNN['audio']), **kwargs)
-    torch.manual_seed(0)
-    with default_dtype(torch.float64):
-        return SMORE(data, SMOREConfig(**kwargs))
+    return build_float64(SMORE, data, **kwargs)
 
 
 def _numpy_knn(x: np.ndarray, k: int) -> np.ndarray:
