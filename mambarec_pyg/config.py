@@ -48,7 +48,8 @@ T = TypeVar('T')
 
 __all__ = ['ConfigError', 'DataConfig', 'TrainConfig', 'ModelConfig', 'Config',
            'from_dict', 'to_dict', 'parse_text', 'describe_type', 'field_docs',
-           'read_yaml', 'check_choice', 'check_positive_int', 'check_range',
+           'read_yaml', 'check_choice', 'check_positive_int', 'check_nonnegative_int',
+           'check_range',
            'BUILTIN_MODELS', 'model_config_class', 'register_model_config',
            'registered_models', 'load_builtin_model', 'check_finite', 'MAX_NUM_THREADS']
 
@@ -260,6 +261,10 @@ BUILTIN_MODELS: Dict[str, str] = {
     'layergcn': '.models.layergcn',
     'selfcf': '.models.selfcf',
     'itemknncbf': '.models.itemknncbf',
+    'smore': '.models.smore',
+    'pgl': '.models.pgl',
+    'damrs': '.models.damrs',
+    'mmgcf': '.models.mmgcf',
     'mambarec': '.models.mambarec',
 }
 
@@ -701,6 +706,13 @@ def check_positive_int(where: str, value: Any) -> None:
     """Raise :class:`ConfigError` unless ``value`` is an integer > 0."""
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ConfigError(f'{where}: expected a positive integer, got {value!r}')
+
+
+def check_nonnegative_int(where: str, value: Any) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is an integer >= 0 (e.g. a
+    number of layers)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f'{where}: expected an integer >= 0, got {value!r}')
 
 
 def check_range(where: str, value: Any, low: Optional[float] = None,

@@ -1,6 +1,7 @@
 """Helpers shared by test files: a small matrix-factorisation model registered from
 the tests, as a user would register their own model; random BPR batches, item-feature
-variants of a dataset and float64 construction for the per-model formula tests;
+variants of a dataset, float64 construction and the loss-and-gradients comparison
+for the per-model formula tests;
 plain computations several model tests share (the user co-occurrence graph from a
 naive loop, DualGNN's and DRAGON's modality networks and loss); and the "beats
 most-popular through the CLI" learning check."""
@@ -156,6 +157,37 @@ def numpy_bipartite_adjacency(data, edges: Optional[np.ndarray] = None) -> np.nd
     A[ei[0], U + ei[1]] = 1.0
     A[U + ei[1], ei[0]] = 1.0
     return A
+
+
+def build_float64(model_class, data, seed: int = 0, **options):
+    """``model_class(data, model_class.config_class(**options))`` built in float64
+    after ``torch.manual_seed(seed)`` (the per-model formula tests' models)."""
+    torch.manual_seed(seed)
+    with default_dtype(torch.float64):
+        return model_class(data, model_class.config_class(**options))
+
+
+def loss_and_grads(model, batch) -> Tuple[Dict[str, Tensor], Dict[str, Optional[Tensor]]]:
+    """``model.loss(batch)`` and the gradients of its ``'total'`` per parameter name
+    (``None`` where a parameter got none); the model's gradients are zeroed after."""
+    parts = model.loss(batch)
+    parts['total'].backward()
+    grads = {n: None if p.grad is None else p.grad.clone()
+             for n, p in model.named_parameters()}
+    model.zero_grad()
+    return parts, grads
+
+
+def assert_grads_match(model, total: Tensor, grads: Mapping[str, Optional[Tensor]],
+                       rtol: float = 1e-9, atol: float = 1e-12) -> None:
+    """Backpropagate the plain computation's ``total`` and compare every parameter's
+    gradient with ``grads`` (from :func:`loss_and_grads`)."""
+    total.backward()
+    for name, p in model.named_parameters():
+        if grads[name] is None:
+            assert p.grad is None or not p.grad.any(), name
+            continue
+        torch.testing.assert_close(grads[name], p.grad, rtol=rtol, atol=atol, msg=name)
 
 
 # -- learning through the command line ---------------------------------------------

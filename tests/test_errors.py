@@ -95,13 +95,19 @@ def test_a_default_config_imports_no_other_model():
                          text=True, check=True).stdout
     got = json.loads(out)
     assert got['before'] == []  # importing config imports no model
+    # MambaRec's module and its own parts (the multi-view encoder it shares with
+    # MGCN, the released checkpoint's names), no other model
     assert got['after'] == ['mambarec_pyg.models', 'mambarec_pyg.models.base',
                             'mambarec_pyg.models.mambarec',
-                            'mambarec_pyg.models.registry']
+                            'mambarec_pyg.models.multiview',
+                            'mambarec_pyg.models.registry',
+                            'mambarec_pyg.models.released']
     # a config class by name imports its own model's module only
     assert got['named'] == ['mambarec_pyg.models.base', 'mambarec_pyg.models.lightgcn',
                             'mambarec_pyg.models.mambarec',
-                            'mambarec_pyg.models.registry']
+                            'mambarec_pyg.models.multiview',
+                            'mambarec_pyg.models.registry',
+                            'mambarec_pyg.models.released']
     assert got['config'] == 'mambarec_pyg.models.mambarec'
     assert "a model named 'bpr' is already registered" in got['taken']
 

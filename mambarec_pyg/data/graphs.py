@@ -21,7 +21,11 @@ graphs on the data, where the models find them; they are also usable on their ow
 * :func:`user_cooccurrence_edges` -- each user's top-:math:`k` co-occurring users in
   the training interactions, with their counts (the user-user graph of
   DualGNN (Wang et al., IEEE TMM 2021) and
-  `"DRAGON" <https://arxiv.org/abs/2301.12097>`_).
+  `"DRAGON" <https://arxiv.org/abs/2301.12097>`_);
+* :func:`principal_graph_edges` -- PGL's global principal graph, a low-rank rebuild
+  of the normalised user-item adjacency from its leading singular vectors;
+* :func:`denoised_knn_edges` -- DA-MRS's kNN item graphs on the pairs similar in
+  every modality; :func:`binary_graph_weights` -- degree-normalised binary weights.
 
 Both return sparse matrices ready for :func:`torch_geometric.utils.spmm`: a
 :class:`torch_sparse.SparseTensor` when ``torch-sparse`` is installed
@@ -33,8 +37,9 @@ are the exact :math:`1/\sqrt{\cdot}` of the degrees rounded once.
 """
 from __future__ import annotations
 
+import math
 import warnings
-from typing import NamedTuple, Optional, Tuple, Union
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -46,7 +51,8 @@ from .errors import DataError
 
 __all__ = ['normalized_adjacency', 'item_item_graph', 'UserItemGraph', 'to_sparse',
            'knn_edges', 'user_item_weights', 'sparse_from_edges',
-           'user_cooccurrence_edges', 'knn_neighbours', 'LAYOUTS', 'WEIGHTINGS']
+           'user_cooccurrence_edges', 'knn_neighbours', 'principal_graph_edges',
+           'denoised_knn_edges', 'binary_graph_weights', 'LAYOUTS', 'WEIGHTINGS']
 
 #: Sparse layouts the builders can return.
 LAYOUTS = ('auto', 'csr', 'coo', 'sparse_tensor')
@@ -183,18 +189,25 @@ def normalized_adjacency(edge_index: Tensor, num_users: int, num_items: int, *,
 
 def sparse_from_edges(edge_index: Tensor, edge_weight: Optional[Tensor],
                       size: Tuple[int, int], *, dtype: Optional[torch.dtype] = None,
-                      layout: str = 'auto') -> Union[Tensor, SparseTensor]:
+                      layout: str = 'auto', reduce: str = 'sum'
+                      ) -> Union[Tensor, SparseTensor]:
     r"""The propagation matrix of an edge list: ``M[t, s] = sum of w`` over the edges
     ``s -> t`` (PyG's ``source_to_target`` flow: ``edge_index[0]`` are sources,
     ``edge_index[1]`` targets), so ``spmm(M, x)[t] = sum_s w x[s]``.
 
     Args:
         edge_index: ``[2, E]`` (sources, targets).
-        edge_weight: ``[E]`` weights (``None``: 1); repeated edges are summed.
+        edge_weight: ``[E]`` weights (``None``: 1).
         size: ``(num_targets, num_sources)``.
         dtype: value dtype (default: ``edge_weight``'s, else the default dtype).
         layout: see :func:`to_sparse`.
+        reduce: how repeated edges combine: ``'sum'``, or ``'max'`` (the largest
+            weight; e.g. the element-wise maximum of several graphs given as one
+            concatenated edge list, SMORE's max-pooled item graph).
     """
+    if reduce not in ('sum', 'max'):
+        raise ValueError(f"sparse_from_edges: reduce: expected 'sum' or 'max', got "
+                         f"{reduce!r}")
     src, dst = edge_index[0].long(), edge_index[1].long()
     if edge_weight is None:
         edge_weight = torch.ones(src.numel(), dtype=dtype or torch.get_default_dtype(),
@@ -203,7 +216,10 @@ def sparse_from_edges(edge_index: Tensor, edge_weight: Optional[Tensor],
         edge_weight.double()
     key = dst * size[1] + src
     distinct, inverse = torch.unique(key, return_inverse=True)
-    if distinct.numel() != key.numel():  # sum repeats
+    if distinct.numel() != key.numel() and reduce == 'max':
+        value = value.new_zeros(distinct.numel()).scatter_reduce_(
+            0, inverse, value, 'amax', include_self=False)
+    elif distinct.numel() != key.numel():  # sum repeats
         value = torch.zeros(distinct.numel(), dtype=value.dtype,
                             device=value.device).index_add_(0, inverse, value)
     else:
@@ -476,3 +492,182 @@ def user_cooccurrence_edges(edge_index: Tensor, num_users: int, num_items: int,
                              else np.zeros(0))
     device = edge_index.device
     return torch.stack([src, dst]).to(device), count.to(device)
+
+
+#: Share of the leading and of the trailing singular values PGL pairs.
+PRINCIPAL_FRACTION = 0.25
+#: Entries of the principal graph below this magnitude are dropped (PGL's 1e-3).
+PRINCIPAL_THRESHOLD = 1e-3
+
+
+def principal_graph_edges(edge_index: Tensor, num_users: int, num_items: int,
+                          rank: int = 64, *, fraction: float = PRINCIPAL_FRACTION,
+                          threshold: float = PRINCIPAL_THRESHOLD,
+                          block_entries: int = COOCCURRENCE_BLOCK
+                          ) -> Tuple[Tensor, Tensor]:
+    r"""PGL's global principal graph (`"Mind Individual Information! Principal
+    Graph Learning for Multimedia Recommendation"
+    <https://github.com/demonph10/PGL>`_, AAAI 2025): a low-rank rebuild of the
+    normalised user-item adjacency from its leading singular vectors.
+
+    With :math:`\hat{\mathbf{A}} = \sum_i s_i \mathbf{u}_i \mathbf{v}_i^\top` the
+    :math:`r` largest singular triplets (``rank``, :math:`s_1 \ge \dots \ge s_r`) of
+    the normalised :math:`(U+N) \times (U+N)` adjacency
+    (:func:`normalized_adjacency`) and :math:`n = \lfloor \texttt{fraction}\cdot r
+    \rfloor`,
+
+    .. math::
+        \mathbf{P} = \sum_{i=1}^{n} s_i\, s_{r - n + i}\; \mathbf{u}_i
+        \mathbf{v}_i^\top, \qquad \text{entries with } |\mathbf{P}_{ab}| <
+        \texttt{threshold} \text{ dropped}:
+
+    the :math:`i`-th leading direction weighted by the product of its singular value
+    and the :math:`i`-th of the trailing quarter, as PGL's code computes it (MMRec's
+    ``global_subgraph_extraction``). :math:`\hat{\mathbf{A}}` is symmetric, so its
+    singular triplets come from its eigenpairs (:math:`s_i = |\lambda_i|`,
+    :math:`\mathbf{v}_i = \mathrm{sign}(\lambda_i)\mathbf{u}_i`; scipy's ``eigsh``
+    with a fixed start vector, or a dense ``eigh`` for small graphs) and
+    :math:`\mathbf{P}` is symmetric. It is formed in row blocks of about
+    ``block_entries`` entries, so no dense :math:`(U+N)^2` matrix is held.
+
+    Args:
+        edge_index: the **training** interactions ``[2, E]`` (users, items).
+        num_users: :math:`U`.
+        num_items: :math:`N`.
+        rank: :math:`r`, the number of singular triplets (PGL: the embedding size).
+        fraction: the share of :math:`r` paired (:math:`n`).
+        threshold: the smallest magnitude kept.
+        block_entries: the bound on the entries of one dense block.
+
+    Returns:
+        ``(edge_index [2, E'], weight [E'])`` over the :math:`U + N` nodes (users
+        first; row 0 the source :math:`b`, row 1 the target :math:`a`, weight
+        :math:`\mathbf{P}_{ab}`), sorted by target, then source; float64.
+    """
+    import numpy as np
+    import scipy.sparse as sp
+
+    edge_index = _check_edge_index(edge_index, num_users, num_items,
+                                   'principal_graph_edges')
+    n_nodes = num_users + num_items
+    if not isinstance(rank, int) or isinstance(rank, bool) or not 1 <= rank <= n_nodes:
+        raise DataError(f'principal_graph_edges: expected 1 <= rank <= U + N = '
+                        f'{n_nodes}, got rank={rank!r}')
+    n = int(fraction * rank)
+    if n < 1:
+        raise DataError(f'principal_graph_edges: fraction * rank = {fraction * rank} '
+                        f'pairs no singular value; expected at least 1')
+    adj = normalized_adjacency(edge_index.cpu(), num_users, num_items,
+                               dtype=torch.float64, layout='coo').adj.coalesce()
+    row, col = adj.indices().numpy()
+    a = sp.csr_matrix((adj.values().numpy(), (row, col)), shape=(n_nodes, n_nodes))
+    if rank >= n_nodes - 1:  # eigsh needs rank < n: small graphs, dense
+        lam, q = np.linalg.eigh(a.toarray())
+    else:
+        from scipy.sparse.linalg import eigsh
+        lam, q = eigsh(a, k=rank, which='LM', v0=np.ones(n_nodes))
+    order = np.argsort(-np.abs(lam), kind='stable')[:rank]
+    lam, q = lam[order], q[:, order]
+    s = np.abs(lam)
+    weight = s[:n] * s[rank - n:rank] * np.sign(lam[:n])
+    left = q[:, :n] * weight  # P = left @ q[:, :n].T
+    right_t = np.ascontiguousarray(q[:, :n].T)
+    rows = max(1, block_entries // n_nodes)
+    srcs, dsts, values = [], [], []
+    for start in range(0, n_nodes, rows):
+        block = left[start:start + rows] @ right_t
+        r, c = np.nonzero(np.abs(block) >= threshold)
+        dsts.append(r + start)
+        srcs.append(c)
+        values.append(block[r, c])
+    src = torch.from_numpy(np.concatenate(srcs).astype(np.int64))
+    dst = torch.from_numpy(np.concatenate(dsts).astype(np.int64))
+    value = torch.from_numpy(np.concatenate(values).astype(np.float64))
+    device = edge_index.device
+    return torch.stack([src, dst]).to(device), value.to(device)
+
+
+def binary_graph_weights(edge_index: Tensor, num_nodes: int) -> Tensor:
+    r"""The weights of a binary graph normalised with its row degrees,
+
+    .. math::
+        w_{ji} = \frac{1}{\sqrt{d_i\, d_j}}, \qquad d_i = |\{j : j \to i\}|,
+
+    for the edges :math:`j \to i` of ``edge_index`` (``[2, E]``: sources, targets;
+    distinct edges), as MMRec's ``compute_normalized_laplacian`` (the row sum of the
+    target serves both ends; a node without incoming edges has degree 0 and adds
+    nothing). Returns float64 ``[E]``.
+    """
+    deg = torch.bincount(edge_index[1], minlength=num_nodes).double()
+    inv = _inv_sqrt(deg)
+    return inv[edge_index[1]] * inv[edge_index[0]]
+
+
+def denoised_knn_edges(features: Sequence[Tensor], k: int = 10, *,
+                       chunk_size: Optional[int] = None
+                       ) -> List[Tuple[Tensor, Tensor]]:
+    r"""DA-MRS's denoised kNN item-item graphs (`"Improving Multi-modal
+    Recommender Systems by Denoising and Aligning Multi-modal Content and User
+    Feedback" <https://github.com/XMUDM/DA-MRS>`_, Xv et al., KDD 2024): one graph
+    per modality, on the item pairs that are similar in **every** modality.
+
+    With :math:`s^m_{ij}` the cosine similarity of the raw features of modality
+    :math:`m` and :math:`\bar s^m` its mean over all :math:`N^2` pairs, the pair
+    :math:`(i, j)` is a candidate when :math:`s^m_{ij} \ge \bar s^m` for every
+    :math:`m`. Item :math:`i` keeps, in each modality, its :math:`\min(k, c_i)`
+    candidates of largest :math:`s^m_{ij}` (:math:`c_i` its number of candidates;
+    ties: the lower id), with binary weights normalised by the row degrees
+    (:func:`binary_graph_weights`). The modality graphs share their candidates but
+    not their neighbours.
+
+    Similarities are computed in the features' dtype, ``chunk_size`` rows at a time
+    (no :math:`N \times N` matrix is held); the mean of a modality's similarities is
+    :math:`\|\sum_i \hat x_i\|^2 / N^2` of its L2-normalised rows
+    :math:`\hat x_i`. An all-zero feature row has similarity 0 to every item.
+
+    Args:
+        features: one ``[N, D_m]`` table per modality (finite values).
+        k: neighbours kept per item at most, itself included.
+        chunk_size: rows per similarity block (default: about 8M entries).
+
+    Returns:
+        per modality, ``(edge_index [2, E_m], edge_weight [E_m])``:
+        ``edge_index[0]`` the neighbour (source), ``edge_index[1]`` the item (target);
+        sorted by target, then source; weights float64.
+    """
+    if len(features) == 0:
+        raise DataError('denoised_knn_edges: expected at least one feature table')
+    tables = [_check_features(x, k, 'denoised_knn_edges') for x in features]
+    n = tables[0].size(0)
+    if any(x.size(0) != n for x in tables):
+        raise DataError(f'denoised_knn_edges: expected feature tables with the same '
+                        f'number of rows, got {[x.size(0) for x in tables]}')
+    normed, means = [], []
+    for x in tables:
+        x = x.detach()
+        norm = x.norm(dim=1, keepdim=True)
+        xn = torch.where(norm > 0, x / norm.clamp(min=torch.finfo(x.dtype).tiny),
+                         torch.zeros_like(x))
+        normed.append(xn)
+        means.append(float(xn.double().sum(0).square().sum()) / (n * n))
+    if chunk_size is None:
+        chunk_size = max(1, min(n, (1 << 23) // max(n, 1)))
+    kept: List[List[Tuple[Tensor, Tensor]]] = [[] for _ in tables]
+    for start in range(0, n, chunk_size):
+        sims = [xn[start:start + chunk_size] @ xn.t() for xn in normed]
+        mask = sims[0] < means[0]
+        for sim, mean in zip(sims[1:], means[1:]):
+            mask |= sim < mean
+        rows = torch.arange(start, start + sims[0].size(0),
+                            device=sims[0].device).repeat_interleave(k)
+        for m, sim in enumerate(sims):
+            cols, vals = _topk_lowest_index(sim.masked_fill(mask, -math.inf), k)
+            finite = torch.isfinite(vals)
+            kept[m].append((rows[finite], cols[finite]))
+    out = []
+    for pieces in kept:
+        row = torch.cat([r for r, _ in pieces])
+        col = torch.cat([c for _, c in pieces])
+        edge_index = torch.stack([col, row])
+        out.append((edge_index, binary_graph_weights(edge_index, n)))
+    return out

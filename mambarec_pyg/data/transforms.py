@@ -16,7 +16,13 @@ or shared between models:
 * :class:`UserCooccurrence` -- each user's top-:math:`k` co-occurring users in the
   **training** interactions, as the edge type ``('user', cooccurrence_relation(k),
   'user')`` with ``edge_index`` (neighbour -> user) and ``edge_weight`` (the number
-  of shared items): the user-user graph of DualGNN and DRAGON.
+  of shared items): the user-user graph of DualGNN and DRAGON;
+* :class:`PrincipalGraph` -- PGL's global principal graph, a low-rank rebuild of the
+  normalised user-item adjacency from the training interactions, as four edge types
+  ``(src, principal_relation(rank), dst)`` (user and item blocks);
+* :class:`ItemCooccurrence` -- each item's top-:math:`k` co-occurring items in the
+  training interactions (DA-MRS's behaviour graph); :class:`DenoisedItemKNN` --
+  DA-MRS's kNN graphs on the item pairs similar in every modality.
 
 A transform returns a shallow copy of the data with the new edge types (the input is
 not modified) and does nothing when they are already there. Weights are stored in
@@ -46,11 +52,14 @@ from torch_geometric.transforms import BaseTransform
 from ..io import atomic_path
 from ..utils import cached_on, tensor_fingerprint
 from .errors import DataError
-from .graphs import (WEIGHTINGS, knn_edges, user_cooccurrence_edges,
+from .graphs import (WEIGHTINGS, denoised_knn_edges, knn_edges,
+                     principal_graph_edges, sparse_from_edges, user_cooccurrence_edges,
                      user_item_weights)
 from .index import UI, training_index
 
 __all__ = ['GraphTransform', 'UserItemNorm', 'ItemKNN', 'UserCooccurrence',
+           'PrincipalGraph', 'principal_relation', 'ItemCooccurrence',
+           'DenoisedItemKNN', 'denoised_knn_relation',
            'apply_transforms', 'knn_relation', 'cooccurrence_relation', 'content_hash']
 
 EdgeType = Tuple[str, str, str]
@@ -68,6 +77,21 @@ def knn_relation(modality: str, k: int = 10, weighting: str = 'similarity') -> s
 def cooccurrence_relation(k: int = 40) -> str:
     """The relation name of a user co-occurrence graph: ``cooccur40``."""
     return f'cooccur{k}'
+
+
+def denoised_knn_relation(modality: str, k: int = 10) -> str:
+    """The relation name of a denoised kNN graph (DA-MRS): ``dknn10_image``."""
+    return f'dknn{k}_{modality}'
+
+
+def principal_relation(rank: int = 64) -> str:
+    """The relation name of PGL's principal graph: ``principal64``."""
+    return f'principal{rank}'
+
+
+#: The ``(source, target)`` node types of the blocks of :class:`PrincipalGraph`.
+PRINCIPAL_BLOCKS = (('user', 'item'), ('item', 'user'), ('user', 'user'),
+                    ('item', 'item'))
 
 
 def content_hash(t: Tensor) -> str:
@@ -272,6 +296,157 @@ class UserCooccurrence(GraphTransform):
 
     def __repr__(self) -> str:
         return f'UserCooccurrence(k={self.k})'
+
+
+class ItemCooccurrence(UserCooccurrence):
+    r"""The item-item co-occurrence graph of the **training** interactions (DA-MRS's
+    behaviour graph, its ``build_iib_graph.py``).
+
+    For items :math:`i \ne j` with distinct training users :math:`\mathcal{U}_i,
+    \mathcal{U}_j`, :math:`c_{ij} = |\mathcal{U}_i \cap \mathcal{U}_j|`; each item
+    keeps the at most :math:`k` items with the largest :math:`c_{ij} \ge`
+    ``min_count`` (ties: the lower id). Stores ``data['item', relation, 'item']``
+    (``cooccur{k}``, with ``_min{c}`` for ``min_count`` above 1) with ``edge_index``
+    (row 0 the neighbour, row 1 the item) and ``edge_weight`` :math:`c_{ij}`
+    (float64). It is :func:`~mambarec_pyg.data.graphs.user_cooccurrence_edges` with
+    the roles of users and items swapped (its outputs and inputs are
+    :class:`UserCooccurrence`'s); only the training split is read.
+
+    Args:
+        k (int): neighbours kept per item. (default: ``2``, MMRec's
+            ``item_graph_dict_2.npy``)
+        min_count (int): the fewest shared users of a kept pair. (default: ``2``,
+            DA-MRS's)
+    """
+
+    def __init__(self, k: int = 2, min_count: int = 2) -> None:
+        for name, value in (('k', k), ('min_count', min_count)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f'ItemCooccurrence: {name}: expected a positive '
+                                 f'integer, got {value!r}')
+        self.k, self.min_count = k, min_count
+
+    @property
+    def edge_type(self) -> EdgeType:
+        suffix = f'_min{self.min_count}' if self.min_count > 1 else ''
+        return ('item', cooccurrence_relation(self.k) + suffix, 'item')
+
+    def compute(self, data):
+        # the top k by count come first, so dropping small counts afterwards keeps
+        # the top k of the counts >= min_count
+        edge_index, count = user_cooccurrence_edges(
+            data[UI].edge_index.flip(0), int(data['item'].num_nodes),
+            int(data['user'].num_nodes), self.k)
+        keep = count >= self.min_count
+        return {self.edge_type: {'edge_index': edge_index[:, keep],
+                                 'edge_weight': count[keep]}}
+
+    def __repr__(self) -> str:
+        return f'ItemCooccurrence(k={self.k}, min_count={self.min_count})'
+
+
+class DenoisedItemKNN(ItemKNN):
+    r"""DA-MRS's denoised kNN item-item graphs, one per modality, on the item pairs
+    similar (above the modality's mean cosine similarity) in every modality
+    (:func:`~mambarec_pyg.data.graphs.denoised_knn_edges` gives the definition).
+
+    Stores ``data['item', denoised_knn_relation(m, k), 'item']`` with
+    ``edge_index`` (row 0 the neighbour, row 1 the item) and ``edge_weight``
+    (binary, normalised by the row degrees; float64), like :class:`ItemKNN` (whose
+    modality selection, outputs and inputs it shares). Every modality's graph
+    depends on all the modalities used.
+
+    Args:
+        k (int): neighbours per item at most, itself included. (default: ``10``)
+        modalities (sequence of str, optional): which modalities (default: all of
+            ``data.modalities``).
+    """
+
+    def __init__(self, k: int = 10, modalities: Optional[Sequence[str]] = None) -> None:
+        super().__init__(k, 'binary', modalities)
+
+    def relation(self, modality: str) -> str:
+        return denoised_knn_relation(modality, self.k)
+
+    def compute(self, data):
+        mods = self._modalities(data)
+        graphs = denoised_knn_edges([data['item'][m] for m in mods], self.k)
+        return {self.edge_type(m): {'edge_index': ei, 'edge_weight': w}
+                for m, (ei, w) in zip(mods, graphs)}
+
+    def __repr__(self) -> str:
+        mods = '' if self.modalities is None else f', modalities={self.modalities}'
+        return f'DenoisedItemKNN(k={self.k}{mods})'
+
+
+class PrincipalGraph(GraphTransform):
+    r"""PGL's global principal graph of the **training** interactions
+    (:func:`~mambarec_pyg.data.graphs.principal_graph_edges` gives the definition):
+    a low-rank rebuild :math:`\mathbf{P}` of the normalised user-item adjacency from
+    its ``rank`` leading singular triplets, small entries dropped.
+
+    :math:`\mathbf{P}` lives on all :math:`U + N` nodes, so it is stored as four
+    edge types ``(src, principal_relation(rank), dst)`` for ``src, dst`` in
+    ``user``, ``item`` (:data:`PRINCIPAL_BLOCKS`), each with ``edge_index`` (row 0
+    the source, row 1 the target, ids within their node type) and ``edge_weight``
+    (float64); for the bipartite adjacency the user-user and item-item blocks are
+    (numerically) empty. :meth:`adjacency` puts the blocks back together.
+
+    Args:
+        rank (int): the number of singular triplets. (default: ``64``, PGL's
+            embedding size)
+    """
+
+    def __init__(self, rank: int = 64) -> None:
+        if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+            raise ValueError(f'PrincipalGraph: rank: expected a positive integer, got '
+                             f'{rank!r}')
+        self.rank = rank
+
+    def edge_type(self, src: str, dst: str) -> EdgeType:
+        return (src, principal_relation(self.rank), dst)
+
+    def outputs(self, data):
+        return [(self.edge_type(s, d), a) for s, d in PRINCIPAL_BLOCKS
+                for a in ('edge_index', 'edge_weight')]
+
+    def inputs(self, data):
+        return [data[UI].edge_index]
+
+    def compute(self, data):
+        num_users = int(data['user'].num_nodes)
+        edge_index, weight = principal_graph_edges(
+            data[UI].edge_index, num_users, int(data['item'].num_nodes), self.rank)
+        src, dst = edge_index
+        out = {}
+        for s, d in PRINCIPAL_BLOCKS:
+            keep = ((src >= num_users) == (s == 'item')) & \
+                ((dst >= num_users) == (d == 'item'))
+            shift = torch.tensor([[num_users if s == 'item' else 0],
+                                  [num_users if d == 'item' else 0]],
+                                 device=edge_index.device)
+            out[self.edge_type(s, d)] = {'edge_index': edge_index[:, keep] - shift,
+                                         'edge_weight': weight[keep]}
+        return out
+
+    def adjacency(self, data, dtype: Optional[torch.dtype] = None):
+        r""":math:`\mathbf{P}` as one ``[U + N, U + N]`` CSR matrix (rows are
+        targets, users first) from the blocks on ``data``."""
+        num_users = int(data['user'].num_nodes)
+        n = num_users + int(data['item'].num_nodes)
+        edges, weights = [], []
+        for s, d in PRINCIPAL_BLOCKS:
+            store = data[self.edge_type(s, d)]
+            shift = torch.tensor([[num_users if s == 'item' else 0],
+                                  [num_users if d == 'item' else 0]])
+            edges.append(store.edge_index.cpu() + shift)
+            weights.append(store.edge_weight.cpu())
+        return sparse_from_edges(torch.cat(edges, dim=1), torch.cat(weights), (n, n),
+                                 dtype=dtype or torch.get_default_dtype(),
+                                 layout='csr')
+
+    def __repr__(self) -> str:
+        return f'PrincipalGraph(rank={self.rank})'
 
 
 def apply_transforms(data, transforms: Sequence[GraphTransform],

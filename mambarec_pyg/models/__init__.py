@@ -25,7 +25,8 @@ _CLASSES = {'popularity': 'Popularity', 'bpr': 'BPR', 'lightgcn': 'LightGCN',
             'bm3': 'BM3', 'mmgcn': 'MMGCN', 'grcn': 'GRCN', 'mgcn': 'MGCN',
             'lattice': 'LATTICE', 'dualgnn': 'DualGNN', 'dragon': 'DRAGON',
             'mvgae': 'MVGAE', 'layergcn': 'LayerGCN', 'selfcf': 'SelfCF',
-            'itemknncbf': 'ItemKNNCBF', 'mambarec': 'MambaRec'}
+            'itemknncbf': 'ItemKNNCBF', 'smore': 'SMORE', 'pgl': 'PGL',
+            'damrs': 'DAMRS', 'mmgcf': 'MMGCF', 'mambarec': 'MambaRec'}
 _EXPORTS = {name: module for module, cls in _CLASSES.items()
             for name in (cls, f'{cls}Config')}
 _EXPORTS['MambaRecOutput'] = 'mambarec'
@@ -37,7 +38,8 @@ __all__ = ['Recommender', 'register', 'get_model_class', 'get_config_class',
            'LayerGCNConfig', 'SelfCF', 'SelfCFConfig',
            'DualGNN', 'DualGNNConfig', 'DRAGON', 'DRAGONConfig',
            'LATTICE', 'LATTICEConfig', 'MVGAE', 'MVGAEConfig',
-           'ItemKNNCBF', 'ItemKNNCBFConfig']
+           'ItemKNNCBF', 'ItemKNNCBFConfig', 'SMORE', 'SMOREConfig', 'PGL', 'PGLConfig',
+           'DAMRS', 'DAMRSConfig', 'MMGCF', 'MMGCFConfig']
 
 
 def __getattr__(name: str) -> Any:

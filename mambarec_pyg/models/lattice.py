@@ -93,8 +93,8 @@ from ..data.sampling import BPRBatch
 from ..data.transforms import ItemKNN, UserItemNorm
 from ..nn.conv import LightGCNPropagation, WeightedPropagation, transpose_sparse
 from ..nn.functional import normalize_rows
+from ..nn.mmgcn_conv import mean_adjacency
 from .base import Recommender, SparseGraphs
-from .mmgcn import mean_adjacency
 from .registry import register
 
 __all__ = ['LATTICE', 'LATTICEConfig', 'self_loop_mean_adjacency']

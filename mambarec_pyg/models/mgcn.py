@@ -4,8 +4,9 @@ official code compute it (``src/models/mgcn.py``; ../BASELINES.md §3.8).
 
 MambaRec is built on MGCN: MGCN is MambaRec's reference variant without DREAM,
 without MMD, without the dimensionality reduction and without the LayerNorm and
-dropout in front of the gates, so this module reuses
-:class:`~mambarec_pyg.models.MambaRec`'s encoder and only fixes its structure:
+dropout in front of the gates, so both build on one multi-view encoder
+(:class:`~mambarec_pyg.models.multiview.MultiViewRecommender`) and this module only
+fixes its structure:
 
 * projection :math:`\tilde{\mathbf{E}}_m = \mathrm{Lin}(D_m \to d)(\mathbf{X}_m)` of
   the trainable raw features;
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Dict
 
 from ..config import ConfigError, ModelConfig, check_choice, check_positive_int
-from .mambarec import MambaRec, _Spec
+from .multiview import MultiViewRecommender, MultiViewSpec
 from .registry import register
 
 __all__ = ['MGCN', 'MGCNConfig']
@@ -78,9 +79,9 @@ class MGCNConfig(ModelConfig):
 
 
 @register('mgcn')
-class MGCN(MambaRec):
-    """MGCN: MambaRec's multi-view encoder without DREAM, MMD and the reduction (see
-    the module docstring)."""
+class MGCN(MultiViewRecommender):
+    """MGCN: the multi-view encoder without DREAM, MMD and the reduction (see the
+    module docstring)."""
 
     config_class = MGCNConfig
     stochastic_training = False
@@ -89,9 +90,9 @@ class MGCN(MambaRec):
                  'Recommendation", ACM MM 2023')
 
     @classmethod
-    def _spec(cls, config: MGCNConfig) -> _Spec:
+    def _spec(cls, config: MGCNConfig) -> MultiViewSpec:
         c = config
-        return _Spec(
+        return MultiViewSpec(
             variant='reference', embedding_size=c.embedding_size,
             ui_layers=c.n_ui_layers, ii_layers=c.n_layers, knn_k=c.knn_k,
             reduction_factor=1, reduced_modalities=(), dream=False, layer_norm=False,

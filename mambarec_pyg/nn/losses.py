@@ -35,7 +35,7 @@ __all__ = ['bpr_loss', 'info_nce', 'mmd_loss', 'emb_loss', 'stacked_square_mean'
 
 
 def bpr_loss(pos_scores: Tensor, neg_scores: Tensor,
-             batch: Optional['BPRBatch'] = None) -> Tensor:
+             batch: Optional['BPRBatch'] = None, reduction: str = 'mean') -> Tensor:
     r"""The Bayesian personalised ranking loss
 
     .. math::
@@ -52,12 +52,20 @@ def bpr_loss(pos_scores: Tensor, neg_scores: Tensor,
             :meth:`BPRBatch.mean <mambarec_pyg.data.sampling.BPRBatch.mean>`, over
             the global batch when the batch is one process's slice of it (the plain
             mean otherwise).
+        reduction (str): ``'mean'`` (the loss above) or ``'none'`` (the :obj:`[B]`
+            terms, e.g. for a weighted mean; ``batch`` is then not used).
+            (default: ``'mean'``)
     """
     if pos_scores.shape != neg_scores.shape:
         raise ValueError(f'bpr_loss: expected pos_scores and neg_scores of the same '
                          f'shape, got {tuple(pos_scores.shape)} and '
                          f'{tuple(neg_scores.shape)}')
+    if reduction not in ('mean', 'none'):
+        raise ValueError(f"bpr_loss: reduction: expected 'mean' or 'none', got "
+                         f"{reduction!r}")
     terms = F.softplus(neg_scores - pos_scores)
+    if reduction == 'none':
+        return terms
     return terms.mean() if batch is None else batch.mean(terms)
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from mambarec_pyg.data.errors import DataError
-from mambarec_pyg.data.graphs import item_item_graph, normalized_adjacency, to_sparse
+from mambarec_pyg.data.graphs import (item_item_graph, normalized_adjacency,
+                                      sparse_from_edges, to_sparse)
 
 
 
@@ -154,3 +155,19 @@ def test_to_sparse_layouts():
                                    dense)
     with pytest.raises(ValueError, match='layout'):
         to_sparse(row, col, value, (3, 3), 'dense')
+
+
+@pytest.mark.parametrize('reduce', ['sum', 'max'])
+def test_sparse_from_edges_combines_repeated_edges(reduce):
+    rng = np.random.default_rng(0)
+    edge_index = torch.from_numpy(rng.integers(0, 5, (2, 60)))
+    weight = torch.from_numpy(rng.standard_normal(60))
+    got = sparse_from_edges(edge_index, weight, (5, 5), layout='csr',
+                            reduce=reduce).to_dense().numpy()
+    want = np.zeros((5, 5)) if reduce == 'sum' else np.full((5, 5), -np.inf)
+    for (s, t), w in zip(edge_index.t().tolist(), weight.tolist()):
+        want[t, s] = want[t, s] + w if reduce == 'sum' else max(want[t, s], w)
+    want[np.isinf(want)] = 0.0
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+    with pytest.raises(ValueError, match='reduce'):
+        sparse_from_edges(edge_index, weight, (5, 5), reduce='mean')

@@ -11,7 +11,7 @@ from torch_geometric.data import HeteroData
 from support import (assert_beats_popularity, default_dtype, random_batch,
                      train_through_cli, with_item_features)
 
-import mambarec_pyg.models.lgmrec as lgmrec_module
+import mambarec_pyg.nn.hypergraph as hypergraph_module
 from mambarec_pyg.config import Config, ConfigError, DataConfig
 from mambarec_pyg.data.sampling import BPRBatch
 from mambarec_pyg.models import LGMRec, LGMRecConfig
@@ -229,7 +229,7 @@ def test_the_hcl_term_of_two_modalities_is_mmrecs_single_term(tiny_data,
 @pytest.mark.parametrize('tau', [0.2, 0.01])  # 0.01: shifted by the row maximum
 @pytest.mark.parametrize('rank', [None, 3])   # 3: the factored K-dimensional logits
 def test_hcl_loss_matches_a_naive_loop_and_the_plain_path(tau, rank, monkeypatch):
-    monkeypatch.setattr(lgmrec_module, 'BLOCK_ELEMENTS', 100)  # several blocks
+    monkeypatch.setattr(hypergraph_module, 'BLOCK_ELEMENTS', 100)  # several blocks
     g = torch.Generator().manual_seed(0)
     M, d = 40, 8
     anchors = torch.randn(M, d, dtype=torch.float64, generator=g).requires_grad_()

@@ -25,6 +25,11 @@ def test_bpr_matches_numpy():
     got = bpr_loss(torch.from_numpy(pos), torch.from_numpy(neg))
     assert got.dtype == torch.float64
     assert abs(got.item() - expected) < 1e-13
+    terms = bpr_loss(torch.from_numpy(pos), torch.from_numpy(neg), reduction='none')
+    np.testing.assert_allclose(terms.numpy(), [-math.log(1.0 / (1.0 + math.exp(n - p)))
+                                               for p, n in zip(pos, neg)], rtol=1e-13)
+    with pytest.raises(ValueError, match='reduction'):
+        bpr_loss(torch.from_numpy(pos), torch.from_numpy(neg), reduction='sum')
 
 
 def test_bpr_is_stable_for_large_differences():
