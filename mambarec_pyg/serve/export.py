@@ -498,7 +498,8 @@ def write_export(output: PathLike, user_embeddings: Optional[np.ndarray],
                               'item-item weights as CSR')
         given.update(zip(('similarity_rowptr', 'similarity_items',
                           'similarity_values'), similarity))
-    for name, value in given.items():
+    for name in ARRAYS:
+        value = given.get(name)
         needed = name in SCORE_ARRAYS[score_function]
         if needed and value is None:
             raise ExportError(f'{name}: required by score function '
