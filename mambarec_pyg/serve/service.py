@@ -236,7 +236,7 @@ class Service:
         again), all from one snapshot."""
         snap = self.snapshot
         try:
-            doc = json.loads(body)
+            doc = json.loads(body, object_pairs_hook=_unique_keys)
         except (ValueError, RecursionError) as e:  # JSONDecodeError, bad UTF-8
             reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
             raise RequestError(400, 'body', f'malformed JSON ({reason}); expected '
@@ -328,6 +328,16 @@ class Service:
                             'items': _item_ids(snap, items),
                             'scores': scores.tolist()})
         return out
+
+
+def _unique_keys(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+    """A JSON object's fields, refusing one given twice (as a query parameter is)."""
+    out: Dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise RequestError(422, key, 'given more than once')
+        out[key] = value
+    return out
 
 
 def _item_ids(snap: Snapshot, items: np.ndarray) -> list:

@@ -326,3 +326,71 @@ def test_an_empty_training_row_and_a_faiss_option(tmp_path):
             assert got['items'] == plain_sparse_ranking(dense, seen, 8)[0]
         assert service.metadata()['serving']['index'] == 'sparse-exact'
     assert resolve_export(tmp_path / 'exp').parent.name == 'versions'
+
+
+def test_reload_between_score_functions(knn_export, tmp_path):
+    """One export directory republished with a dense model, then the kNN one, then
+    the dense one again: each reload answers with the new score function."""
+    from mambarec_pyg.serve.service import Service
+    e = load_export(knn_export)
+    rng = np.random.default_rng(8)
+    user = rng.normal(size=(e.num_users, 4)).astype(np.float32)
+    item = rng.normal(size=(e.num_items, 4)).astype(np.float32)
+    common = (e.seen_rowptr, e.seen_items, e.item_popularity)
+    sim = (e.similarity_rowptr, e.similarity_items, e.similarity_values)
+    out = tmp_path / 'exp'
+    write_export(out, user, item, *common, model={'name': 'dense'})
+    service = Service(out)
+
+    def dense_top(u, k):
+        s = item.astype(np.float64) @ user[u].astype(np.float64)
+        s[e.seen(u)] = -np.inf
+        return sorted(range(e.num_items), key=lambda i: (-s[i], i))[:k]
+
+    def sparse_top(u, k):
+        return SparseDotIndex(*sim).search([e.seen(u)], k, [e.seen(u)])[0][0].tolist()
+
+    assert dense_top(5, 6) != sparse_top(5, 6)
+    for kind in ('sparse', 'dense', 'sparse'):
+        if kind == 'sparse':
+            write_export(out, None, None, *common, model={'name': 'knn'},
+                         score_function='sparse_dot', similarity=sim, overwrite=True)
+        else:
+            write_export(out, user, item, *common, model={'name': 'dense'},
+                         overwrite=True)
+        assert service.reload()['reloaded']
+        got = service.recommend_query([('user', '5'), ('k', '6')])['items']
+        assert got == (sparse_top(5, 6) if kind == 'sparse' else dense_top(5, 6))
+
+
+def test_real_server_for_a_sparse_export(knn_export):
+    """``python -m mambarec_pyg.serve`` (no torch) on the kNN export, over HTTP:
+    every endpoint answers as the in-process service does."""
+    httpx = require('httpx')
+    require('uvicorn')
+    from mambarec_pyg.serve.loadgen import LocalServer, run_load
+    from mambarec_pyg.serve.service import Service
+    local = Service(knn_export)
+    with LocalServer(knn_export, ['--log-level', 'warning'], lean=True) as server, \
+            httpx.Client(base_url=server.url, timeout=30) as c:
+        assert c.get('/health').json()['model'] == 'itemknncbf'
+        assert c.get('/metadata').json()['manifest'] == local.snapshot.export.manifest
+        for user in (0, 99, 100):
+            got = c.get(f'/recommend?user={user}&k=8').json()
+            want = local.recommend_query([('user', str(user)), ('k', '8')])
+            assert got['items'] == want['items'] and got['known'] == (user < 100)
+            np.testing.assert_allclose(got['scores'], want['scores'], rtol=1e-6)
+        body = {'users': [4, 100, 4], 'k': 3, 'exclude_seen': False}
+        got = c.post('/recommend', json=body).json()
+        import json
+        want = local.recommend_batch(json.dumps(body).encode())
+        assert [r['items'] for r in got['results']] == \
+            [r['items'] for r in want['results']]
+        assert c.get('/similar?item=7&k=4').json()['items'] == \
+            local.similar_query([('item', '7'), ('k', '4')])['items']
+        bad = c.get('/recommend?user=3&k=0')
+        assert bad.status_code == 422 and bad.json()['error']['field'] == 'k'
+        res = run_load(server.url, lambda n: ('GET', f'/recommend?user={n % 120}',
+                                              None), clients=4, requests=40)
+        assert res.errors == 0, res.failures[:3]
+        assert 'Traceback' not in server.log()
