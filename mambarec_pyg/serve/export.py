@@ -611,13 +611,7 @@ def _check_arrays(arrays: Dict[str, np.ndarray], user_ids, item_ids,
                     not np.isfinite(emb).all():
                 row = int(np.flatnonzero(~np.isfinite(emb).all(axis=1))[0])
                 fail(name, f'row {row} holds NaN or inf; expected finite embeddings')
-    if U < 0:
-        fail('seen_rowptr', 'expected at least one entry (0)')
-    if rowptr.shape[0] != U + 1 or rowptr[0] != 0 or rowptr[-1] != seen.shape[0] \
-            or (np.diff(rowptr) < 0).any():
-        fail('seen_rowptr', f'expected non-decreasing row pointers [U + 1 = {U + 1}] '
-                            f'from 0 to {seen.shape[0]}, got shape '
-                            f'{tuple(rowptr.shape)}')
+    _check_rowptr('seen_rowptr', rowptr, 'U', U, seen.shape[0], fail)
     if seen.size and (seen.min() < 0 or seen.max() >= N):
         fail('seen_items', f'expected item ids in [0, {N})')
     if popularity.shape[0] != N or (popularity.size and popularity.min() < 0):
@@ -636,6 +630,15 @@ def _check_arrays(arrays: Dict[str, np.ndarray], user_ids, item_ids,
             fail(file, 'expected distinct external ids')
 
 
+def _check_rowptr(name: str, rowptr: np.ndarray, rows_name: str, rows: int,
+                  entries: int, fail) -> None:
+    """CSR row pointers of ``rows`` rows over ``entries`` entries."""
+    if rowptr.shape[0] != rows + 1 or rows < 0 or rowptr[0] != 0 or \
+            rowptr[-1] != entries or (np.diff(rowptr) < 0).any():
+        fail(name, f'expected non-decreasing row pointers [{rows_name} + 1 = '
+                   f'{rows + 1}] from 0 to {entries}, got shape {tuple(rowptr.shape)}')
+
+
 def _check_similarity(arrays: Dict[str, np.ndarray], N: int, fail) -> None:
     """The item-item weights of a ``'sparse_dot'`` export: CSR ``[N, N]``, each row's
     items strictly increasing, finite weights."""
@@ -643,11 +646,7 @@ def _check_similarity(arrays: Dict[str, np.ndarray], N: int, fail) -> None:
     items, values = arrays['similarity_items'], arrays['similarity_values']
     if N == 0:
         fail('item_popularity', 'expected at least one item')
-    if rowptr.shape[0] != N + 1 or rowptr[0] != 0 or rowptr[-1] != items.shape[0] \
-            or (np.diff(rowptr) < 0).any():
-        fail('similarity_rowptr', f'expected non-decreasing row pointers [N + 1 = '
-                                  f'{N + 1}] from 0 to {items.shape[0]}, got shape '
-                                  f'{tuple(rowptr.shape)}')
+    _check_rowptr('similarity_rowptr', rowptr, 'N', N, items.shape[0], fail)
     if values.shape != items.shape:
         fail('similarity_values', f'expected one weight per entry of '
                                   f'similarity_items ({items.shape[0]}), got shape '

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from serve_support import require
-from support import MF
+from support import MF, itemknn_weights
 
 from mambarec_pyg.models import ItemKNNCBF, ItemKNNCBFConfig
 from mambarec_pyg.serve.export import (ExportError, export_model, load_export,
@@ -109,20 +109,6 @@ def test_sparse_dot_scores_plain_loop():
 # ---------------------------------------------------------------------------------
 # The export of itemknncbf
 # ---------------------------------------------------------------------------------
-def numpy_weights(data, k=10, shrink=10.0):
-    """ItemKNNCBF's item-item weights W from the data, in numpy: the shrunk cosine
-    of the concatenated features, each row's top k (ties: the lower id)."""
-    x = np.concatenate([data['item'][m].double().numpy() for m in data.modalities],
-                       axis=1)
-    n = np.linalg.norm(x, axis=1)
-    sim = (x @ x.T) / (n[:, None] * n[None, :] + shrink)
-    W = np.zeros_like(sim)
-    for i in range(len(sim)):
-        top = np.argsort(-sim[i], kind='stable')[:k]
-        W[i, top] = sim[i, top]
-    return W
-
-
 @pytest.fixture(scope='module')
 def knn_export(tiny_data, tmp_path_factory):
     model = ItemKNNCBF(tiny_data, ItemKNNCBFConfig())
@@ -142,7 +128,7 @@ def test_itemknncbf_export_holds_the_weights(knn_export, tiny_data):
     assert e.user_embeddings is None and e.item_embeddings is None
     U, N = tiny_data['user'].num_nodes, tiny_data['item'].num_nodes
     assert (e.num_users, e.num_items) == (U, N)
-    W = numpy_weights(tiny_data)
+    W = itemknn_weights(tiny_data)
     got = np.zeros((N, N))
     for i in range(N):
         row = slice(e.similarity_rowptr[i], e.similarity_rowptr[i + 1])
@@ -251,7 +237,7 @@ def knn_client(knn_export):
 
 def test_recommend_equals_the_plain_ranking(knn_client, knn_export, tiny_data):
     e = load_export(knn_export)
-    W = numpy_weights(tiny_data)
+    W = itemknn_weights(tiny_data)
     N = e.num_items
     for user in (0, 17, e.num_users - 1):
         seen = e.seen(user).tolist()
@@ -284,7 +270,7 @@ def test_unknown_users_get_popular_items(knn_client, knn_export):
 
 def test_similar_is_the_weights_row(knn_client, knn_export, tiny_data):
     e = load_export(knn_export)
-    W = numpy_weights(tiny_data)
+    W = itemknn_weights(tiny_data)
     for item in (0, 31, e.num_items - 1):
         row = sorted((-W[item, j], j) for j in np.flatnonzero(W[item]) if j != item)
         for k in (3, 500):  # 500: more than the row holds
