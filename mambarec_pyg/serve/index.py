@@ -36,8 +36,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ['ExactIndex', 'SparseDotIndex', 'FaissIndex', 'make_index', 'top_k', 'import_faiss',
-           'normalize_rows']
+__all__ = ['ExactIndex', 'SparseDotIndex', 'FaissIndex', 'make_index', 'top_k',
+           'import_faiss', 'normalize_rows', 'gather_rows']
 
 #: One query's answer: ``(items int64 [m], scores float32 [m])``, ``m <= k``.
 Answer = Tuple[np.ndarray, np.ndarray]
