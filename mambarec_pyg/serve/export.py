@@ -421,8 +421,8 @@ def _check_model_scores(model, name: str, score_function: str,
                         arrays: Mapping[str, np.ndarray], rowptr: np.ndarray,
                         seen: np.ndarray, pairs: int = 256) -> None:
     """Raise unless the model's own :meth:`score` (which its class overrides) equals
-    the export's score function on ``pairs`` pairs (every user, a seeded sample of
-    items)."""
+    the export's score function on ``pairs`` pairs (users ``0, 1, ...`` in turn,
+    items drawn with a fixed seed)."""
     U, N = rowptr.shape[0] - 1, int(model.num_items)
     rng = np.random.default_rng(0)
     users = np.resize(np.arange(U), pairs)

@@ -19,7 +19,7 @@ Answers (:mod:`mambarec_pyg.serve.app` sends them as JSON):
 * similar items: the top-:math:`k` items by the cosine of the final item embeddings,
   the item itself excluded; for an export of score function ``'sparse_dot'``
   (content-based item kNN), the item's stored neighbours by their weight
-  :math:`\mathbf{W}_{ij}` (at most the model's ``knn_k`` - 1);
+  :math:`\mathbf{W}_{ij}` (at most the model's ``knn_k``);
 * score function ``'sparse_dot'``: a known user's scores sum the item-item weights
   over the user's training items (:class:`~mambarec_pyg.serve.index.SparseDotIndex`),
   always exactly (a faiss ``index`` option does not apply and is logged);
