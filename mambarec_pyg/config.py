@@ -94,9 +94,29 @@ class DataConfig:
     #: reported). Without it, a dataset with no validation interactions stops with
     #: an error.
     allow_no_valid: bool = False
+    #: how the item-item kNN graphs are searched: exact (blocked products, the
+    #: default), faiss (exact, faiss IndexFlatIP), hnsw or ivf (approximate, for
+    #: catalogs of millions); all but exact need faiss-cpu (the scale extra).
+    knn_backend: str = 'exact'
+    #: knn_backend hnsw: links per node.
+    knn_hnsw_m: int = 32
+    #: knn_backend hnsw: candidate list length while building the index.
+    knn_hnsw_ef_construction: int = 200
+    #: knn_backend hnsw: candidate list length of a search.
+    knn_hnsw_ef_search: int = 128
+    #: knn_backend ivf: k-means cells; 0: ceil(4 sqrt(items)).
+    knn_ivf_nlist: int = 0
+    #: knn_backend ivf: cells searched per item.
+    knn_ivf_nprobe: int = 32
+    #: faiss threads of the kNN search; 0: faiss's default (an hnsw index is then
+    #: built on one thread, reproducibly; more threads build it faster but not
+    #: reproducibly).
+    knn_threads: int = 0
 
     def __post_init__(self) -> None:
         check_finite('data', self)
+        from .data.knn import KNNBackend
+        KNNBackend.from_config(self)  # checks the kNN options
         if self.dataset is None and self.synthetic is None:
             raise ConfigError("data: set either 'dataset' (an MMRec directory under "
                               "'root') or 'synthetic' (a preset name)")
