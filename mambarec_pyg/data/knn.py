@@ -54,7 +54,8 @@ def import_faiss():
     try:
         import faiss
     except ImportError:
-        raise ImportError("data.knn_backend faiss / hnsw / ivf needs faiss: pip install "
+        raise ImportError("data.knn_backend faiss / hnsw / ivf needs faiss: "
+                          "pip install "
                           "'mambarec-pyg[scale]' (or pip install faiss-cpu), or use "
                           "data.knn_backend exact") from None
     return faiss
