@@ -112,11 +112,18 @@ class DataConfig:
     #: built on one thread, reproducibly; more threads build it faster but not
     #: reproducibly).
     knn_threads: int = 0
+    #: reduce every modality wider than this to its first feature_dim principal
+    #: components, once, before training (cached with the graphs); 0: raw features.
+    feature_dim: int = 0
+    #: storage of the feature tables: float32, or float16 (half the memory).
+    feature_dtype: str = 'float32'
 
     def __post_init__(self) -> None:
         check_finite('data', self)
         from .data.knn import KNNBackend
         KNNBackend.from_config(self)  # checks the kNN options
+        check_choice('data.feature_dtype', self.feature_dtype, ('float32', 'float16'))
+        check_nonnegative_int('data.feature_dim', self.feature_dim)
         if self.dataset is None and self.synthetic is None:
             raise ConfigError("data: set either 'dataset' (an MMRec directory under "
                               "'root') or 'synthetic' (a preset name)")

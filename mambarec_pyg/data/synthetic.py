@@ -348,6 +348,7 @@ def write_synthetic(preset: str = 'tiny', seed: int = 0,
 def synthetic_dataset(preset: str = 'tiny', seed: int = 0,
                       root: Union[str, os.PathLike, None] = None,
                       modalities: Optional[Sequence[str]] = None,
+                      feature_dtype: str = 'float32',
                       verbose: bool = False) -> HeteroData:
     """The synthetic dataset ``preset``, read through
     :func:`~mambarec_pyg.data.load_mmrec` from ``root/synthetic-<preset>-<seed>/``.
@@ -355,7 +356,7 @@ def synthetic_dataset(preset: str = 'tiny', seed: int = 0,
     The files are generated only when that directory is not already complete (its
     manifest matches this preset, seed and generator version, and every file is
     present with the expected shape); ``root`` defaults to
-    :func:`default_cache_root`. ``modalities`` and ``verbose`` are passed to
+    :func:`default_cache_root`. ``modalities``, ``verbose`` and ``feature_dtype`` are passed to
     :func:`~mambarec_pyg.data.load_mmrec`. The result carries ``data['item'].topic``.
     """
     p = _preset(preset)
@@ -368,7 +369,8 @@ def synthetic_dataset(preset: str = 'tiny', seed: int = 0,
         except FileExistsError:  # written concurrently by another process
             if not _is_complete(directory, preset, seed, p):
                 raise
-    data = load_mmrec(root, name, modalities=modalities, verbose=verbose)
+    data = load_mmrec(root, name, modalities=modalities, verbose=verbose,
+                      feature_dtype=feature_dtype)
     data['item'].topic = torch.from_numpy(
         np.load(directory / TOPIC_FILE, allow_pickle=False).astype(np.int64))
     return data
