@@ -174,6 +174,14 @@ class TrainConfig:
     batch_size: int = 2048
     #: users scored at a time in evaluation.
     eval_batch_size: int = 4096
+    #: items scored at a time in evaluation, with a running top-K per user (bounds
+    #: the scores held to eval_batch_size x (eval_item_block + K) for catalogs of
+    #: millions); 0: all items at once.
+    eval_item_block: int = 0
+    #: validate during training on a fixed random sample of this many validation
+    #: users (drawn once from the seed; faster model selection on large data); 0:
+    #: every user. The test split is always evaluated over every user.
+    valid_users: int = 0
     #: Adam learning rate.
     lr: float = 1e-3
     #: Adam weight decay (an L2 term on every parameter, as MMRec's Adam);
@@ -229,6 +237,8 @@ class TrainConfig:
                               f'{self.num_threads!r}')
         for name in ('batch_size', 'eval_batch_size', 'max_epochs'):
             check_positive_int(f'train.{name}', getattr(self, name))
+        for name in ('eval_item_block', 'valid_users'):
+            check_nonnegative_int(f'train.{name}', getattr(self, name))
         for name in ('patience', 'patience_warmup'):
             if getattr(self, name) < 0:
                 raise ConfigError(f'train.{name}: expected an integer >= 0, got '
