@@ -83,10 +83,17 @@ class DataConfig:
     root: str = 'data'
     #: an MMRec dataset: ``root/dataset/dataset.inter`` plus ``*_feat.npy``.
     dataset: Optional[str] = None
-    #: a synthetic preset: tiny, baby, sports, clothing.
+    #: a synthetic preset: tiny, baby, sports, clothing, or the large clothing-x10,
+    #: clothing-x100 (10x / 100x Clothing, generated in bounded memory).
     synthetic: Optional[str] = None
     #: seed of the synthetic data.
     synthetic_seed: int = 0
+    #: width of the image block of clothing-x10 / clothing-x100; 0: the preset's
+    #: (4096 at 10x, 512 at 100x).
+    synthetic_image_dim: int = 0
+    #: width of the text block of clothing-x10 / clothing-x100; 0: the preset's
+    #: (384).
+    synthetic_text_dim: int = 0
     #: modalities to use, by name (``image``, ``text``, ...); ``None`` = all found;
     #: an empty list = none (for models that use no item features).
     modalities: Optional[Tuple[str, ...]] = None
@@ -124,6 +131,8 @@ class DataConfig:
         KNNBackend.from_config(self)  # checks the kNN options
         check_choice('data.feature_dtype', self.feature_dtype, ('float32', 'float16'))
         check_nonnegative_int('data.feature_dim', self.feature_dim)
+        check_nonnegative_int('data.synthetic_image_dim', self.synthetic_image_dim)
+        check_nonnegative_int('data.synthetic_text_dim', self.synthetic_text_dim)
         if self.dataset is None and self.synthetic is None:
             raise ConfigError("data: set either 'dataset' (an MMRec directory under "
                               "'root') or 'synthetic' (a preset name)")

@@ -36,7 +36,9 @@ def load_dataset(config: DataConfig, verbose: bool = False) -> HeteroData:
     else:
         data = synthetic_dataset(config.synthetic, seed=config.synthetic_seed,
                                  modalities=config.modalities, verbose=verbose,
-                                 feature_dtype=config.feature_dtype)
+                                 feature_dtype=config.feature_dtype,
+                                 image_dim=config.synthetic_image_dim,
+                                 text_dim=config.synthetic_text_dim)
     if config.feature_dim:
         data = FeatureReduction(config.feature_dim)(data)
     backend = KNNBackend.from_config(config)

@@ -349,16 +349,30 @@ def synthetic_dataset(preset: str = 'tiny', seed: int = 0,
                       root: Union[str, os.PathLike, None] = None,
                       modalities: Optional[Sequence[str]] = None,
                       feature_dtype: str = 'float32',
-                      verbose: bool = False) -> HeteroData:
+                      verbose: bool = False, image_dim: int = 0,
+                      text_dim: int = 0) -> HeteroData:
     """The synthetic dataset ``preset``, read through
     :func:`~mambarec_pyg.data.load_mmrec` from ``root/synthetic-<preset>-<seed>/``.
 
     The files are generated only when that directory is not already complete (its
     manifest matches this preset, seed and generator version, and every file is
     present with the expected shape); ``root`` defaults to
-    :func:`default_cache_root`. ``modalities``, ``verbose`` and ``feature_dtype`` are passed to
-    :func:`~mambarec_pyg.data.load_mmrec`. The result carries ``data['item'].topic``.
+    :func:`default_cache_root`. ``modalities``, ``verbose`` and ``feature_dtype``
+    are passed to :func:`~mambarec_pyg.data.load_mmrec`. The result carries
+    ``data['item'].topic``.
+
+    The large presets (``clothing-x10``, ``clothing-x100``:
+    :mod:`mambarec_pyg.data.scaled`) are generated in bounded memory, with the
+    feature widths ``image_dim`` / ``text_dim`` (0: the preset's).
     """
+    from .scaled import SCALED_PRESETS
+    if preset in SCALED_PRESETS:
+        return _scaled_dataset(preset, seed, root, modalities, feature_dtype, verbose,
+                               image_dim, text_dim)
+    if image_dim or text_dim:
+        raise DataError(f'data.synthetic_image_dim / synthetic_text_dim: only the '
+                        f"large presets ({', '.join(SCALED_PRESETS)}) take feature "
+                        f'widths; {preset!r} has fixed ones')
     p = _preset(preset)
     root = Path(root) if root is not None else default_cache_root()
     name = f'synthetic-{preset}-{seed}'
@@ -368,6 +382,26 @@ def synthetic_dataset(preset: str = 'tiny', seed: int = 0,
             write_synthetic(preset, seed, root, overwrite=directory.exists())
         except FileExistsError:  # written concurrently by another process
             if not _is_complete(directory, preset, seed, p):
+                raise
+    data = load_mmrec(root, name, modalities=modalities, verbose=verbose,
+                      feature_dtype=feature_dtype)
+    data['item'].topic = torch.from_numpy(
+        np.load(directory / TOPIC_FILE, allow_pickle=False).astype(np.int64))
+    return data
+
+
+def _scaled_dataset(preset, seed, root, modalities, feature_dtype, verbose,
+                    image_dim, text_dim) -> HeteroData:
+    from .scaled import is_scaled_complete, scaled_preset, write_scaled
+    p = scaled_preset(preset, image_dim, text_dim)
+    root = Path(root) if root is not None else default_cache_root()
+    name = f'synthetic-{preset}-{seed}-{p.image_dim}x{p.text_dim}'
+    directory = root / name
+    if not is_scaled_complete(directory, p, seed):
+        try:
+            write_scaled(p, root, name, seed, overwrite=directory.exists())
+        except FileExistsError:  # written concurrently by another process
+            if not is_scaled_complete(directory, p, seed):
                 raise
     data = load_mmrec(root, name, modalities=modalities, verbose=verbose,
                       feature_dtype=feature_dtype)
