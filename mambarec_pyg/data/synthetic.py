@@ -365,43 +365,30 @@ def synthetic_dataset(preset: str = 'tiny', seed: int = 0,
     :mod:`mambarec_pyg.data.scaled`) are generated in bounded memory, with the
     feature widths ``image_dim`` / ``text_dim`` (0: the preset's).
     """
-    from .scaled import SCALED_PRESETS
+    from .scaled import SCALED_PRESETS, is_scaled_complete, scaled_preset, write_scaled
+    root = Path(root) if root is not None else default_cache_root()
     if preset in SCALED_PRESETS:
-        return _scaled_dataset(preset, seed, root, modalities, feature_dtype, verbose,
-                               image_dim, text_dim)
-    if image_dim or text_dim:
-        raise DataError(f'data.synthetic_image_dim / synthetic_text_dim: only the '
-                        f"large presets ({', '.join(SCALED_PRESETS)}) take feature "
-                        f'widths; {preset!r} has fixed ones')
-    p = _preset(preset)
-    root = Path(root) if root is not None else default_cache_root()
-    name = f'synthetic-{preset}-{seed}'
+        sp = scaled_preset(preset, image_dim, text_dim)
+        name = f'synthetic-{preset}-{seed}-{sp.image_dim}x{sp.text_dim}'
+        complete = lambda: is_scaled_complete(root / name, sp, seed)  # noqa: E731
+        write = lambda overwrite: write_scaled(sp, root, name, seed,  # noqa: E731
+                                               overwrite=overwrite)
+    else:
+        if image_dim or text_dim:
+            raise DataError(f'data.synthetic_image_dim / synthetic_text_dim: only '
+                            f"the large presets ({', '.join(SCALED_PRESETS)}) take "
+                            f'feature widths; {preset!r} has fixed ones')
+        p = _preset(preset)
+        name = f'synthetic-{preset}-{seed}'
+        complete = lambda: _is_complete(root / name, preset, seed, p)  # noqa: E731
+        write = lambda overwrite: write_synthetic(  # noqa: E731
+            preset, seed, root, overwrite=overwrite)
     directory = root / name
-    if not _is_complete(directory, preset, seed, p):
+    if not complete():
         try:
-            write_synthetic(preset, seed, root, overwrite=directory.exists())
+            write(directory.exists())
         except FileExistsError:  # written concurrently by another process
-            if not _is_complete(directory, preset, seed, p):
-                raise
-    data = load_mmrec(root, name, modalities=modalities, verbose=verbose,
-                      feature_dtype=feature_dtype)
-    data['item'].topic = torch.from_numpy(
-        np.load(directory / TOPIC_FILE, allow_pickle=False).astype(np.int64))
-    return data
-
-
-def _scaled_dataset(preset, seed, root, modalities, feature_dtype, verbose,
-                    image_dim, text_dim) -> HeteroData:
-    from .scaled import is_scaled_complete, scaled_preset, write_scaled
-    p = scaled_preset(preset, image_dim, text_dim)
-    root = Path(root) if root is not None else default_cache_root()
-    name = f'synthetic-{preset}-{seed}-{p.image_dim}x{p.text_dim}'
-    directory = root / name
-    if not is_scaled_complete(directory, p, seed):
-        try:
-            write_scaled(p, root, name, seed, overwrite=directory.exists())
-        except FileExistsError:  # written concurrently by another process
-            if not is_scaled_complete(directory, p, seed):
+            if not complete():
                 raise
     data = load_mmrec(root, name, modalities=modalities, verbose=verbose,
                       feature_dtype=feature_dtype)
