@@ -1,0 +1,38 @@
+"""The scripts behind the "Large catalogs" figures: the memory model's formula
+against plain byte counts, and smoke runs of the benchmarks."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / 'benchmarks'
+
+
+def _module(name: str):
+    spec = importlib.util.spec_from_file_location(f'bench_{name}',
+                                                  BENCHMARKS / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_memory_model_formula():
+    mm = _module('memory_model')
+    for trainable, per_value in ((True, 20.0), (False, 4.0)):
+        coef, checks = mm.fit('freedom', trainable)
+        # a feature value costs 4 bytes in the data, and a trainable table adds the
+        # model's copy, its gradient and two Adam moments (4 x 4 bytes)
+        assert coef[mm.TERMS.index('per_item_dim')] == pytest.approx(per_value, abs=1)
+        # a user: its 64-d embedding, trained (64 x 4 x 4 bytes), and a little more
+        assert coef[mm.TERMS.index('per_user')] == pytest.approx(64 * 16, rel=0.1)
+        assert max(c['relative_error'] for c in checks) < 0.01
+    # the largest catalog solves the formula for the budget
+    coef, _ = mm.fit('lightgcn')
+    n = mm.largest_catalog(coef, (), 2**30)
+    per_item = coef[2] + coef[1] * mm.CLOTHING['users_per_item'] + \
+        coef[3] * mm.CLOTHING['interactions_per_item']
+    assert coef[0] + per_item * n <= 2**30 < coef[0] + per_item * (n + 1)
