@@ -36,3 +36,31 @@ def test_memory_model_formula():
     per_item = coef[2] + coef[1] * mm.CLOTHING['users_per_item'] + \
         coef[3] * mm.CLOTHING['interactions_per_item']
     assert coef[0] + per_item * n <= 2**30 < coef[0] + per_item * (n + 1)
+
+
+def test_scaling_exponent_and_one_step(tmp_path):
+    sc = _module('scaling')
+    n = [1e3, 1e4, 1e5]
+    assert sc.fit_exponent(n, [3 * x ** 1.7 for x in n]) == pytest.approx(1.7)
+    assert sc.fit_exponent([10], [1.0]) != sc.fit_exponent([10], [1.0])  # nan
+    import argparse
+    args = argparse.Namespace(
+        child='freedom', factor=0.01, image_dim=24, text_dim=8, feature_dim=8,
+        feature_dtype='float32', knn_backend='faiss', device='cpu', batch_size=256,
+        eval_batch_size=64, eval_item_block=50, threads=1, cache=str(tmp_path),
+        trainable_features=False)
+    row = sc.child(args)
+    assert row['items'] == round(23_033 * 0.01)
+    assert row['epoch_s'] > 0 and row['eval_s'] > 0 and row['peak_rss_mb'] > 0
+    args.child = 'knn:hnsw'
+    assert sc.child(args)['time_s'] > 0
+
+
+def test_feature_choices_child():
+    fc = _module('feature_choices')
+    assert set(fc.choices([16])) == {'raw', 'frozen', 'float16', 'pca16',
+                                     'pca16-frozen'}
+    row = fc.child({'preset': 'tiny', 'model': 'freedom', 'max_epochs': 1,
+                    'options': {'data.feature_dim': 8,
+                                'model.trainable_features': False}})
+    assert row['epochs'] == 1 and 0 <= row['test']['recall@20'] <= 1
