@@ -57,7 +57,8 @@ FIT = [(120, 60, 1000, 64, 32), (240, 60, 1600, 64, 32), (120, 150, 1600, 64, 32
 #: datasets the formula is checked on
 CHECK = [(300, 200, 2600, 80, 40), (150, 120, 1500, 48, 16)]
 #: Clothing's users and interactions per item
-CLOTHING = {'users_per_item': 39_387 / 23_033, 'interactions_per_item': 278_677 / 23_033}
+CLOTHING = {'users_per_item': 39_387 / 23_033,
+            'interactions_per_item': 278_677 / 23_033}
 #: feature choices: (widths, trainable, bytes per stored feature value)
 CHOICES = {'raw trainable (4096+384)': ((4096, 384), True, 4),
            'frozen (4096+384)': ((4096, 384), False, 4),

@@ -3,8 +3,6 @@ against plain byte counts, and smoke runs of the benchmarks."""
 from __future__ import annotations
 
 import importlib.util
-import json
-import sys
 from pathlib import Path
 
 import pytest

@@ -114,9 +114,11 @@ def _preset(preset: Union[str, SyntheticPreset]) -> SyntheticPreset:
         p = PRESETS[preset]
     else:
         from ..utils import did_you_mean
+        from .scaled import SCALED_PRESETS
+        names = [*PRESETS, *SCALED_PRESETS]
         raise DataError(f'synthetic preset {preset!r} unknown'
-                        f'{did_you_mean(str(preset), PRESETS)}; available: '
-                        f"{', '.join(PRESETS)}")
+                        f'{did_you_mean(str(preset), names)}; available: '
+                        f"{', '.join(names)}")
     u, n, e = p.num_users, p.num_items, p.num_interactions
     if u < 1 or n < MIN_DEGREE + 1 or e < MIN_DEGREE * max(u, n):
         raise DataError(f'synthetic preset: {e} interactions cannot give each of {u} '
