@@ -141,3 +141,11 @@ def test_model_trains_on_an_approximate_graph(tmp_path):
     assert math.isfinite(results['test']['recall@20'])
     assert results['test']['recall@20'] > 0
     assert 'knn_backend: hnsw' in (tmp_path / 'freedom' / 'config.yaml').read_text()
+
+
+@pytest.mark.parametrize('name', ['hnsw', 'ivf'])
+def test_approximate_graphs_are_reproducible(name):
+    x = torch.randn(3000, 16, generator=torch.Generator().manual_seed(2))
+    first = knn_edges(x, 5, backend=name)
+    second = knn_edges(x, 5, backend=name)
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
