@@ -88,3 +88,21 @@ def test_trains_on_reduced_float16_frozen_features(tmp_path, name):
         flags += ['--model.trainable-features', 'false']
     results = train_through_cli(tmp_path, name, *flags)
     assert math.isfinite(results['test']['recall@20'])
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'float16'])
+def test_feature_file_is_copied_once(tmp_path, dtype):
+    # read through a memory map: the only allocation of the table's size is the
+    # tensor returned (float64 file -> float32 / float16 table)
+    import tracemalloc
+    path = tmp_path / 'image_feat.npy'
+    np.save(path, np.random.default_rng(0).standard_normal((4000, 256)))
+    tracemalloc.start()
+    try:
+        x = read_features(path, 4000, dtype=dtype)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    table = x.numel() * x.element_size()
+    assert str(x.dtype) == f'torch.{dtype}'
+    assert table <= peak < 1.5 * table, (peak, table)
