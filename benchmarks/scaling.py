@@ -14,7 +14,8 @@ process's maximum resident set, and the CUDA peak on a GPU) is its own:
   training epoch and one full evaluation of the validation users.
 
 A step that fails (out of memory, ``--timeout``) stops the larger factors of that
-step. For each step, the exponent ``a`` of ``time ~ N^a`` and ``memory ~ N^b`` is
+step; a size whose feature tables alone exceed ``--max-memory-gb`` (default: 90% of
+the RAM) or the free disk of ``--cache`` is not attempted. For each step, the exponent ``a`` of ``time ~ N^a`` and ``memory ~ N^b`` is
 fitted by least squares on the logs over the sizes measured (the smallest factors
 carry fixed costs, so the fit uses factors >= ``--fit-from``). Writes
 ``benchmarks/results/scaling.json`` and ``scaling.png`` (with matplotlib).
@@ -27,7 +28,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -56,6 +59,25 @@ def _dataset(args, factor: float):
     if not is_scaled_complete(root / name, preset, 0):
         write_scaled(preset, root, name, 0, overwrite=(root / name).exists())
     return root, name
+
+
+def _does_not_fit(args, factor: float, memory: float) -> str:
+    """Why ``factor`` is not attempted (its feature tables alone would not fit the
+    memory or the cache's disk), or ''."""
+    from mambarec_pyg.data.scaled import ScaledPreset
+    p = ScaledPreset('clothing', factor, image_dim=args.image_dim,
+                     text_dim=args.text_dim).sizes()
+    table = p.num_items * (p.image_dim + p.text_dim) * 4
+    stored = table * (0.5 if args.feature_dtype == 'float16' else 1.0)
+    if stored > memory:
+        return (f'the feature tables alone take {stored / 2**30:.1f} GiB, more than '
+                f'{memory / 2**30:.1f} GiB')
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    name = f'clothing-{factor:g}x-{args.image_dim}x{args.text_dim}'
+    if not (cache / name).exists() and table * 1.1 > shutil.disk_usage(cache).free:
+        return f'{table / 2**30:.1f} GiB of files do not fit the disk of {cache}'
+    return ''
 
 
 def child(args) -> dict:
@@ -167,6 +189,9 @@ def main() -> dict:
     parser.add_argument('--eval-item-block', type=int, default=0)
     parser.add_argument('--threads', type=int, default=0)
     parser.add_argument('--timeout', type=float, default=3600)
+    parser.add_argument('--max-memory-gb', type=float, default=0,
+                        help='skip sizes whose feature tables exceed this (0: 90%% '
+                             'of the RAM)')
     parser.add_argument('--fit-from', type=float, default=1.0)
     parser.add_argument('--cache', default=str(Path.home() / '.cache' / 'mambarec_pyg'
                                                / 'scaling'))
@@ -192,9 +217,16 @@ def main() -> dict:
         passthrough.append('--trainable-features')
     result = {'settings': {k: v for k, v in vars(args).items()
                            if k not in ('child', 'factor')}, 'steps': {}}
+    memory = args.max_memory_gb * 2**30 if args.max_memory_gb else \
+        0.9 * os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
     for step in steps:
         rows = result['steps'][step] = []
         for factor in sorted(args.factors):
+            reason = _does_not_fit(args, factor, memory)
+            if reason:
+                rows.append({'factor': factor, 'error': reason})
+                print(f'{step:12} x{factor:<6g} skipped: {reason}')
+                break
             cmd = [sys.executable, __file__, '--child', step, '--factor', str(factor),
                    *passthrough]
             try:

@@ -62,3 +62,13 @@ def test_feature_choices_child():
                     'options': {'data.feature_dim': 8,
                                 'model.trainable_features': False}})
     assert row['epochs'] == 1 and 0 <= row['test']['recall@20'] <= 1
+
+
+def test_scaling_skips_what_cannot_fit(tmp_path):
+    import argparse
+    sc = _module('scaling')
+    args = argparse.Namespace(image_dim=4096, text_dim=384, feature_dtype='float32',
+                              cache=str(tmp_path))
+    # clothing x30 with 4096 + 384 dims: 691k items x 4480 x 4 bytes = 11.5 GiB
+    assert 'feature tables' in sc._does_not_fit(args, 30, 8 * 2**30)
+    assert sc._does_not_fit(args, 0.01, 8 * 2**30) == ''
