@@ -17,7 +17,7 @@ the bytes of every tensor of a freshly built model (shared storage once) on smal
 synthetic datasets of independently varied sizes, fits the coefficients exactly by
 least squares, checks the formula on further datasets it was not fitted on (the
 relative error must stay below 1%), and prints the largest catalog with Clothing's
-users per item and interactions per item that fits 24 GB (a CPU machine) and 80 GB
+users per item and interactions per item that fits 24 GiB (a CPU machine) and 80 GiB
 (a GPU) under each feature choice: raw trainable tables (4096 + 384 dims), frozen
 tables, PCA to 256 dims per modality (trainable or frozen). float16 storage is not a
 row: it halves the data's tables, but the models hold float32 parameter tables (a
@@ -186,7 +186,7 @@ def main(argv=None) -> Dict:
                 widths, trainable, size = (), True, 4
             coef = np.array(list(entry['trainable' if trainable else 'frozen']
                                  ['coefficients'].values()))
-            fits[choice] = {f'{gb} GB': largest_catalog(coef, widths, gb * 2**30,
+            fits[choice] = {f'{gb} GiB': largest_catalog(coef, widths, gb * 2**30,
                                                         size / 4)
                             for gb in (24, 80)}
         entry['largest_catalog_items'] = fits
