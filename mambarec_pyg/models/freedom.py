@@ -99,7 +99,7 @@ from ..data.transforms import ItemKNN, UserItemNorm
 from ..nn.conv import LightGCNPropagation, WeightedPropagation
 from ..nn.losses import bpr_loss
 from ..nn.pruning import DegreeSensitivePruning
-from .base import Recommender, SparseGraphs, user_item_matrices
+from .base import Recommender, SparseGraphs, feature_table, user_item_matrices
 from .registry import register
 
 __all__ = ['FREEDOM', 'FREEDOMConfig', 'modality_weights', 'mixed_item_graph']
@@ -112,6 +112,10 @@ _DEGREE_EPS = 1e-7
 class FREEDOMConfig(ModelConfig):
     """FREEDOM (MMRec's ``FREEDOM.yaml``)."""
 
+    #: raw feature tables are trainable parameters (as released); false freezes
+    #: them (no gradient and no optimizer state: a third of their memory at
+    #: most, and the frozen tables share the data's memory).
+    trainable_features: bool = True
     #: width d of the ID embeddings and of the modality projections.
     embedding_size: int = 64
     #: hops L_mm of the frozen item-item graph (h = S^L_mm E_i).
@@ -206,7 +210,7 @@ class FREEDOM(Recommender):
         self.user_embedding = torch.nn.Embedding(self.num_users, d)
         self.item_embedding = torch.nn.Embedding(self.num_items, d)
         self.features = torch.nn.ParameterDict({
-            m: torch.nn.Parameter(data['item'][m].detach().cpu().to(dtype).clone())
+            m: feature_table(data['item'][m], dtype, c.trainable_features)
             for m in self.modalities})
         self.projections = torch.nn.ModuleDict({
             m: torch.nn.Linear(self.features[m].size(1), d) for m in self.modalities})
