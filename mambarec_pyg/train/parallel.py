@@ -8,7 +8,9 @@ result of one process.
 ``train.distributed_timeout_s``), lets rank 0 load the data and build the model
 first (so that only one process computes and caches the graphs), then every process
 builds the same model from the run's seed and trains it with a
-:class:`DistributedTrainer`, and the group is destroyed however the run ends.
+:class:`DistributedTrainer`. The process group is kept for the process's later runs
+(an ``env://`` rendezvous cannot be repeated on the same port; the first run's
+device and timeout hold for them) and destroyed when the process exits.
 
 :class:`DistributedTrainer` is the :class:`~mambarec_pyg.train.trainer.Trainer`
 with its seams filled:
@@ -125,6 +127,7 @@ class Heartbeat:
     def start(self) -> 'Heartbeat':
         try:
             self._store = self._client()
+            self._store.delete_key(self._key('stopped', self.launch.rank))
             self._store.add(self._key('beat', self.launch.rank), 1)
         except (RuntimeError, OSError):  # no store: lost processes are not named
             self._store = None
@@ -374,6 +377,21 @@ def _set_random_states(states: Dict[str, Any], device: torch.device) -> None:
 # ---------------------------------------------------------------------------------
 # One run
 # ---------------------------------------------------------------------------------
+_GROUP: Optional[DistributedContext] = None
+
+
+def _process_group(launch: Launch, device: str, timeout_s: float) -> DistributedContext:
+    """The process group of this process's runs: started by the first run and kept
+    for later runs in the same process (an ``env://`` rendezvous cannot be repeated
+    on the same port), destroyed when the process exits."""
+    global _GROUP
+    if _GROUP is None:
+        import atexit
+        _GROUP = init_distributed(launch, device, timeout_s)
+        atexit.register(_GROUP.close)
+    return _GROUP
+
+
 def run_distributed(launch: Launch, config, output_dir=None, *, resume: bool = False,
                     quiet: bool = False, data=None, model_factory=None,
                     callbacks=()) -> TrainResult:
@@ -390,8 +408,8 @@ def run_distributed(launch: Launch, config, output_dir=None, *, resume: bool = F
     from .experiment import build_model
     cfg = config.train
     factory = model_factory or build_model
-    with init_distributed(launch, cfg.device, cfg.distributed_timeout_s) as ctx, \
-            Heartbeat(launch) as heartbeat:
+    ctx = _process_group(launch, cfg.device, cfg.distributed_timeout_s)
+    with Heartbeat(launch) as heartbeat:
         def build():
             loaded = data if data is not None else load_dataset(config.data)
             seed_everything(cfg.seed)
