@@ -300,3 +300,61 @@ def test_search_refuses_torchrun(monkeypatch):
     from mambarec_pyg.train.search import grid_search
     with pytest.raises(ConfigError, match='does not run under torchrun'):
         grid_search(None, Config(data=DataConfig(synthetic='tiny')), {'train.lr': [0.1]})
+
+
+def _benchmark():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        'benchmark_distributed', ROOT / 'benchmarks' / 'distributed.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_memory_formula_counts_the_model(tiny_data):
+    """The README's per-device memory formula (benchmarks/distributed.py) against
+    counts taken from built models: LightGCN's parameters are (U + I) d and its
+    graph 2 |R| stored entries; MambaRec's parameters that grow with U and I are
+    (U + I) d + I (f_image + f_text) (trained feature tables)."""
+    from mambarec_pyg.models import get_config_class
+    from mambarec_pyg.train.experiment import build_model
+    bench = _benchmark()
+    U, I = tiny_data['user'].num_nodes, tiny_data['item'].num_nodes
+    widths = [tiny_data['item']['image'].size(1), tiny_data['item']['text'].size(1)]
+    edges = tiny_data['user', 'interacts', 'item'].edge_index
+    num_r = len({(int(u), int(i)) for u, i in edges.t()})
+    lightgcn = build_model(tiny_data, get_config_class('lightgcn')())
+    d = lightgcn.config.embedding_size if hasattr(lightgcn, 'config') else 64
+    plain_params = sum(p.numel() for p in lightgcn.parameters())
+    assert bench._sparse_nonzeros(lightgcn) == 2 * num_r
+    got = bench.memory_formula(U, I, widths, d, 2 * num_r, alpha=3.0)
+    assert got['params'] == 16 * plain_params
+    assert got['graphs'] == 12 * 2 * num_r
+    assert got['features'] == 4 * I * sum(widths)
+    assert got['activations'] == 4 * 3.0 * (U + I) * d
+    assert got['total'] == sum(v for k, v in got.items() if k != 'total')
+
+    mambarec = build_model(tiny_data, get_config_class('mambarec')())
+    d = get_config_class('mambarec')().embedding_size
+    scaled = sum(p.numel() for p in mambarec.parameters() if p.size(0) in (U, I))
+    dense = sum(p.numel() for p in mambarec.parameters()) - scaled
+    assert scaled == (U + I) * d + I * sum(widths)
+    got = bench.memory_formula(U, I, widths, d, 0, dense, trainable_features=True)
+    assert got['params'] == 16 * sum(p.numel() for p in mambarec.parameters())
+
+
+def test_the_benchmark_runs_on_tiny_settings(tmp_path):
+    """benchmarks/distributed.py --quick in its single-process modes (figures are
+    not checked: they are for a quiet machine)."""
+    for mode in (['--single-path'], ['--memory']):
+        done = subprocess.run([sys.executable, str(ROOT / 'benchmarks' /
+                                                   'distributed.py'), '--quick',
+                               '--models', 'lightgcn', '--results', str(tmp_path),
+                               *mode],
+                              env=_env(), cwd=str(ROOT), capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert 'written' in done.stdout and 'lightgcn' in done.stdout
+    rows = json.loads((tmp_path / 'distributed-memory.json').read_text())['rows']
+    assert rows[0]['params_scaling_with_users_items'] == \
+        rows[0]['formula_params_scaling']
