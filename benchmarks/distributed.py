@@ -17,8 +17,9 @@ instead.
 
 Processes are started as ``torchrun`` would start them (``RANK``, ``WORLD_SIZE``,
 ... on 127.0.0.1), one thread each (``--threads``). Results go to
-``benchmarks/results/distributed-<device>.json`` (``--results`` for another folder). Timings on a machine shared with
-other work are noise: compare numbers from one run, on an idle machine.
+``benchmarks/results/distributed-<device>.json`` (``--results`` for another
+folder). Timings on a machine shared with other work are noise: compare numbers
+from one run, on an idle machine.
 
 Memory (CPU, Baby scale): each process holds the whole model, graphs and data
 (about 1-2 GB for MambaRec), so ``--processes 1 2`` needs a few GB in all.

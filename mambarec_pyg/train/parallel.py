@@ -195,6 +195,11 @@ class Heartbeat:
 
     def explain(self, rank: int, error: BaseException) -> str:
         """A message for a failed collective on ``rank``: which processes stopped."""
+        return self.describe(rank, error)[0]
+
+    def describe(self, rank: int, error: BaseException) -> Tuple[str, bool]:
+        """``(message, whether another process stopped)`` for ``error`` on
+        ``rank`` (:meth:`explain`)."""
         lost = self.lost()
         world = self.launch.world_size
         if lost is None:
@@ -211,7 +216,8 @@ class Heartbeat:
             who = ('no process was lost, but one did not answer within the collective '
                    'timeout (train.distributed_timeout_s)')
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        return (f'rank {rank} of {world} stopped: {who} ({first})')
+        return f'rank {rank} of {world} stopped: {who} ({first})', lost is None or \
+            bool(lost)
 
 
 # ---------------------------------------------------------------------------------
@@ -334,10 +340,11 @@ class DistributedTrainer(Trainer):
                 raise
             if not isinstance(e, DistributedError) and self.heartbeat is None:
                 raise
-            message = (self.heartbeat.explain(self.context.rank, e)
-                       if self.heartbeat is not None else str(e))
-            if not isinstance(e, DistributedError) and 'was lost' not in message \
-                    and 'interrupted' not in message and 'no longer answers' not in message:
+            if self.heartbeat is not None:
+                message, stopped = self.heartbeat.describe(self.context.rank, e)
+            else:
+                message, stopped = str(e), False
+            if not (stopped or isinstance(e, DistributedError)):
                 raise  # an error of this process, not of the group
             self._after_lost_process(message, total_before, start)
             raise DistributedError(message) from e
