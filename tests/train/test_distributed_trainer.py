@@ -252,6 +252,23 @@ def test_sigterm_to_torchrun_ends_every_process_and_keeps_the_checkpoint(tmp_pat
     assert results['status'] == 'max_epochs' and results['epochs'] == 2
 
 
+def test_a_busy_run_directory_stops_every_process(tmp_path):
+    """Rank 0 cannot take the run directory's lock (another run holds it): it
+    stops with the lock's message, and rank 1 learns it and stops too."""
+    from mambarec_pyg.train.rundir import RunLock
+    name = 'lightgcn'
+    out = tmp_path / 'busy'
+    (out / name).mkdir(parents=True)
+    with RunLock(out / name):
+        codes, texts = _run(out, 2, name, 1, expect_ok=False)
+    assert codes == [1, 1], texts
+    first = json.loads((out / 'outcome-0.json').read_text())['error']
+    second = json.loads((out / 'outcome-1.json').read_text())['error']
+    assert first.startswith('RunDirectoryBusy'), first
+    assert 'rank 1: another process failed to take the run directory lock' in second
+    assert not (out / name / 'results.json').exists()
+
+
 def test_the_cli_trains_under_torchrun(tmp_path):
     """``torchrun -m mambarec_pyg.cli train`` (float32): one result table, printed
     by rank 0, and the metrics of one process."""
@@ -281,7 +298,7 @@ def test_the_cli_trains_under_torchrun(tmp_path):
         [r['loss']['total'] for r in want['history']], rtol=1e-5)
 
 
-def test_search_refuses_torchrun(monkeypatch):
+def test_search_and_experiments_refuse_torchrun(monkeypatch, tmp_path):
     from mambarec_pyg.errors import ConfigError
     from mambarec_pyg.train.distributed import refuse_launch, writer_rank
     env = {'RANK': '1', 'WORLD_SIZE': '2', 'MASTER_ADDR': 'a', 'MASTER_PORT': '1'}
@@ -300,6 +317,12 @@ def test_search_refuses_torchrun(monkeypatch):
     from mambarec_pyg.train.search import grid_search
     with pytest.raises(ConfigError, match='does not run under torchrun'):
         grid_search(None, Config(data=DataConfig(synthetic='tiny')), {'train.lr': [0.1]})
+    from mambarec_pyg.experiments import get_experiment, synthetic_setup
+    out = tmp_path / 'table2'
+    with pytest.raises(ConfigError, match='mambarec experiment table2 does not run '
+                       'under torchrun'):
+        get_experiment('table2').run(synthetic_setup(out))
+    assert not out.exists() or not any(out.iterdir())
 
 
 def _benchmark():
