@@ -283,11 +283,10 @@ class DistributedTrainer(Trainer):
         self._agree(True, 'start the run')
         if self.step is not None:
             self.step.check_in_sync()
-
-    def _start_message(self) -> str:
         ctx = self.context
-        return (f'{super()._start_message()}; data-parallel on {ctx.world_size} '
-                f'processes ({ctx.backend}; each batch split over them)')
+        self._log(f'data-parallel on {ctx.world_size} processes ({ctx.backend}, '
+                  f'{ctx.device.type}): each batch split over them; rank 0 evaluates '
+                  f'and writes')
 
     # -- the seams ----------------------------------------------------------------------
     def should_stop(self) -> bool:

@@ -84,7 +84,9 @@ and early stopping -- and hands the rest to parts that own their state:
 
 A subclass or a data-parallel wrapper changes one thing each: :meth:`Trainer.build_step`
 (the step), :meth:`Trainer.should_stop` (the early-stopping decision, computed in that
-one method), :meth:`Trainer.evaluate_epoch` (who evaluates).
+one method), :meth:`Trainer.evaluate_epoch` (who evaluates), :meth:`Trainer.enter_run`
+(the lock and what holds during the run). The trainer of a data-parallel run under
+``torchrun`` is :class:`~mambarec_pyg.train.parallel.DistributedTrainer`.
 """
 from __future__ import annotations
 
