@@ -17,6 +17,7 @@ the same feature sizes (generated once, about 20 s, then cached).
     python examples/amazon_baby.py --device cuda    # the full run
     python examples/amazon_baby.py --resume         # continue an interrupted run
     python examples/amazon_baby.py --train.num-threads 1   # beside another job
+    torchrun --nproc-per-node 4 examples/amazon_baby.py --device cuda  # 4 GPUs
 
 Like ``mambarec train``, it refuses to start over a finished or interrupted run in
 the same ``--output`` directory: continue it with ``--resume`` or start again with
@@ -43,6 +44,7 @@ from mambarec_pyg.config import (Config, ConfigError, DataConfig, MambaRecConfig
                                  TrainConfig)
 from mambarec_pyg.data import load_dataset
 from mambarec_pyg.models import Popularity
+from mambarec_pyg.train.distributed import writer_rank
 from mambarec_pyg.train.evaluate import evaluate
 from mambarec_pyg.train.experiment import run
 from mambarec_pyg.train.rundir import holds_run
@@ -89,13 +91,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     root = find_baby(args.data)
+    # under torchrun, rank 0 alone prints
+    say = print if writer_rank() else (lambda *a, **k: None)
     if root is not None:
         data_cfg = DataConfig(root=str(root), dataset='baby')
-        print(f'Amazon Baby from {root / "baby"}')
+        say(f'Amazon Baby from {root / "baby"}')
     else:
         where = args.data or ' or '.join(map(str, dict.fromkeys(
             [REPO / 'data', Path.cwd().resolve() / 'data'])))
-        print(f'Amazon Baby files ({", ".join(FILES)}) not found under {where}; '
+        say(f'Amazon Baby files ({", ".join(FILES)}) not found under {where}; '
               f'running on the Baby-scale synthetic preset instead (same numbers of '
               f'users, items and interactions; the metrics are NOT comparable with '
               f'the paper).')
@@ -129,6 +133,8 @@ def main(argv=None) -> int:
     except (OSError, ValueError, RuntimeError) as e:
         print(f'amazon_baby.py: error: {e}', file=sys.stderr)
         return 1
+    if not writer_rank(config.train.distributed):  # under torchrun: rank 0 reports
+        return 130 if result.status == 'interrupted' else 0
     if result.status == 'interrupted' and result.new_epochs == 0:
         print(f'amazon_baby.py: interrupted before an epoch completed; no checkpoint '
               f'or results were written to {out}', file=sys.stderr)

@@ -463,6 +463,14 @@ def _default_name(config: Config) -> str:
 # ---------------------------------------------------------------------------------
 # Commands
 # ---------------------------------------------------------------------------------
+def _writes_output(config: Config) -> bool:
+    """Whether this process prints a command's results: not a process other than
+    rank 0 of a data-parallel run under ``torchrun`` (which trains silently and
+    returns the same result)."""
+    from .train.distributed import writer_rank
+    return writer_rank(config.train.distributed)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .train.experiment import run
     from .train.rundir import holds_run
@@ -473,6 +481,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if holds_run(out) and not (args.resume or args.overwrite):
         raise CommandError(f'{out} already holds a run; use --resume to continue it, '
                            f'--overwrite to start again, or another --output', 2)
+    if not _writes_output(config):
+        result = run(config, out, resume=args.resume, quiet=True)
+        return 130 if result.status == 'interrupted' else 0  # rank 0 reports it
     if not args.quiet:
         print(f'run directory: {out}', file=sys.stderr)
     result = run(config, out, resume=args.resume, quiet=args.quiet)

@@ -236,10 +236,19 @@ class TrainConfig:
     #: ignores the launch and trains on one process. Without ``torchrun`` both
     #: train on one process.
     distributed: str = 'auto'
+    #: seconds a process of a data-parallel run waits in a collective for the
+    #: others before it stops with an error (a lost or stuck process). It must
+    #: exceed the longest time rank 0 works alone while the others wait: loading
+    #: and preparing the data before the others start, evaluating an epoch, and
+    #: writing the checkpoints.
+    distributed_timeout_s: float = 1800.0
 
     def __post_init__(self) -> None:
         check_finite('train', self)
         check_choice('train.distributed', self.distributed, ('auto', 'off'))
+        if not self.distributed_timeout_s > 0:
+            raise ConfigError(f'train.distributed_timeout_s: expected a number of '
+                              f'seconds > 0, got {self.distributed_timeout_s!r}')
         if not 0 <= self.num_threads <= MAX_NUM_THREADS:
             raise ConfigError(f'train.num_threads: expected an integer from 0 (0: '
                               f"PyTorch's default) to {MAX_NUM_THREADS}, got "

@@ -476,7 +476,9 @@ class Experiment:
         Raises :class:`KeyboardInterrupt` after writing a partial summary when a run
         was interrupted.
         """
+        from ..train.distributed import refuse_launch
         from .plots import require
+        refuse_launch(f'mambarec experiment {self.name}')
         if setup.figures or self.needs_sklearn:  # fail before hours of training
             require(sklearn=self.needs_sklearn, matplotlib=setup.figures)
         setup.output.mkdir(parents=True, exist_ok=True)

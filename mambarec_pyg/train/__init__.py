@@ -13,6 +13,9 @@ The trainer's parts: :class:`~.state.RunState` (what a run remembers),
 :class:`~.recorder.RunRecorder` (the run directory's files), :mod:`~.rundir` (the one
 rule for finished runs and allowed changes), :class:`~.step.TrainingStep` (one
 optimisation step) and :mod:`~.process` (determinism and signals during a run).
+Under ``torchrun``, :func:`run` trains data-parallel: :mod:`~.distributed` (process
+group, batch slices, :class:`~.distributed.DistributedStep`) and :mod:`~.parallel`
+(:class:`~.parallel.DistributedTrainer`).
 """
 from .checkpoint import load_checkpoint, save_checkpoint
 from .evaluate import Evaluator, evaluate, recommend

@@ -37,7 +37,9 @@ CUDA device per local rank, gloo on the CPU -- with a collective timeout
 (:data:`DEFAULT_TIMEOUT_S`): a collective that waits longer for a lost or stuck
 process fails with an error instead of hanging. The timeout must exceed the longest
 time one process may work alone while the others wait (rank 0's evaluation and
-checkpoint writing, once the trainer does them on rank 0 only).
+checkpoint writing: ``train.distributed_timeout_s``).
+
+The trainer on several processes is :mod:`~mambarec_pyg.train.parallel`.
 """
 from __future__ import annotations
 
@@ -57,7 +59,7 @@ from .step import TrainingStep
 __all__ = ['DistributedError', 'Launch', 'DistributedContext', 'DistributedStep',
            'detect_launch', 'wants_distributed', 'init_distributed', 'shard_bounds',
            'shard_sizes', 'shard_batch', 'gather_rows', 'DEFAULT_TIMEOUT_S',
-           'SYNC_MODES']
+           'SYNC_MODES', 'writer_rank', 'refuse_launch']
 
 #: Seconds a collective waits for the other processes before it fails (the
 #: ``timeout`` of :func:`torch.distributed.init_process_group`).
@@ -155,6 +157,30 @@ def wants_distributed(mode: str, launch: Optional[Launch]) -> bool:
     if mode not in ('auto', 'off'):
         raise ValueError(f"train.distributed: expected 'auto' or 'off', got {mode!r}")
     return mode == 'auto' and launch is not None and launch.world_size > 1
+
+
+def writer_rank(mode: str = 'auto', environ: Optional[Mapping[str, str]] = None
+                ) -> bool:
+    """Whether this process prints and writes: ``True`` unless it is a process
+    other than rank 0 of a data-parallel run (``torchrun`` with two or more
+    processes and ``train.distributed`` = ``mode`` = ``'auto'``)."""
+    launch = detect_launch(environ)
+    return not wants_distributed(mode, launch) or launch.rank == 0
+
+
+def refuse_launch(what: str, environ: Optional[Mapping[str, str]] = None) -> None:
+    """Stop with a :class:`~mambarec_pyg.errors.ConfigError` when ``torchrun``
+    started this process among two or more: ``what`` (a grid search, an
+    experiment: many runs with their own files) is not run data-parallel."""
+    from ..errors import ConfigError
+    launch = detect_launch(environ)
+    if launch is not None and launch.world_size > 1:
+        raise ConfigError(
+            f'{what} does not run under torchrun ({launch.world_size} processes were '
+            f'started): every process would run all of its runs in the same '
+            f'directories. Start it without torchrun (each run then trains on one '
+            f'process), or train single runs data-parallel with torchrun ... -m '
+            f'mambarec_pyg.cli train')
 
 
 def _launch_device(device: str, launch: Launch) -> torch.device:

@@ -61,7 +61,19 @@ def run(config: Config, output_dir: Optional[PathLike] = None, *,
     config.model)`` replaces :func:`build_model`. The resolved config is written to
     ``output_dir/config.yaml`` with the run's first checkpoint or results file, so a
     run that stops before then leaves an earlier record in the directory as it was.
+
+    Started by ``torchrun`` with two or more processes (and ``train.distributed``
+    ``'auto'``), every process trains its share of each batch
+    (:func:`~mambarec_pyg.train.parallel.run_distributed`): rank 0 writes the run
+    directory, and every process returns the same result.
     """
+    from .distributed import detect_launch, wants_distributed
+    launch = detect_launch()
+    if wants_distributed(config.train.distributed, launch):
+        from .parallel import run_distributed
+        return run_distributed(launch, config, output_dir, resume=resume, quiet=quiet,
+                               data=data, model_factory=model_factory,
+                               callbacks=callbacks)
     if data is None:
         data = load_dataset(config.data)
     seed_everything(config.train.seed)

@@ -78,7 +78,8 @@ RUN_RECORD = WRITTEN + ('train.log', )
 FINAL_STATUSES = ('early_stopped', 'max_epochs', 'evaluated')
 #: Options that never change what a run computes.
 IGNORED = ('train.device', 'train.eval_batch_size', 'train.num_threads',
-           'train.deterministic', 'train.checkpoint_interval_s', 'train.distributed')
+           'train.deterministic', 'train.checkpoint_interval_s', 'train.distributed',
+           'train.distributed_timeout_s')
 #: Options a finished run may be continued under (it then trains on).
 CONTINUABLE = ('train.max_epochs', 'train.patience', 'train.patience_warmup')
 #: Options that may change when a run is resumed from ``last.pt``; any other

@@ -34,6 +34,7 @@ from ..config import Config, ConfigError
 from ..data.dataset import data_spec, load_dataset
 from ..utils import resolve_device
 from .checkpoint import environment, write_json
+from .distributed import refuse_launch
 from .experiment import ModelFactory, run
 from .rundir import finished_run
 
@@ -92,6 +93,7 @@ def grid_search(data: Optional[HeteroData], config: Config,
         test metrics, best epoch, epochs, time), the selection, the base config,
         timings and environment.
     """
+    refuse_launch('a grid search (mambarec search)')
     grid = dict(default_grid(config) if grid is None else grid)
     if not grid:
         raise ConfigError(f'grid: model {type(config.model).name!r} has no grid; give '

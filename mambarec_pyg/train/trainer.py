@@ -84,7 +84,9 @@ and early stopping -- and hands the rest to parts that own their state:
 
 A subclass or a data-parallel wrapper changes one thing each: :meth:`Trainer.build_step`
 (the step), :meth:`Trainer.should_stop` (the early-stopping decision, computed in that
-one method), :meth:`Trainer.evaluate_epoch` (who evaluates).
+one method), :meth:`Trainer.evaluate_epoch` (who evaluates), :meth:`Trainer.enter_run`
+(the lock and what holds during the run). The trainer of a data-parallel run under
+``torchrun`` is :class:`~mambarec_pyg.train.parallel.DistributedTrainer`.
 """
 from __future__ import annotations
 
@@ -228,6 +230,8 @@ class Trainer:
         is_writer: ``False``: this process writes no file and prints nothing (it
             still reads ``last.pt`` to resume) -- the processes of a data-parallel
             run other than rank 0.
+        device: the training device (default: ``config.device`` resolved); a
+            data-parallel process passes its own (``cuda:LOCAL_RANK``).
 
     The model's initial weights are the caller's: seed before building it (e.g.
     :func:`~mambarec_pyg.utils.seed_everything`) for repeatable runs; :meth:`fit`
@@ -247,7 +251,8 @@ class Trainer:
                  restore_best: bool = True,
                  allow_no_valid: Optional[bool] = None,
                  step_factory: Optional[StepFactory] = None,
-                 is_writer: bool = True) -> None:
+                 is_writer: bool = True,
+                 device: Optional[torch.device] = None) -> None:
         if config is None:
             config = TrainConfig()
         if isinstance(config, Config):
@@ -273,7 +278,8 @@ class Trainer:
             allow_no_valid = bool(run_config is not None and
                                   run_config.data.allow_no_valid)
         self.restore_best = restore_best
-        self.device = resolve_device(self.config.device)
+        self.device = (torch.device(device) if device is not None else
+                       resolve_device(self.config.device))
 
         self.index = training_index(data)
         self.evaluator = Evaluator(data, ks=self.config.topk,
@@ -474,13 +480,18 @@ class Trainer:
             deterministic = self.device.type == 'cpu'
         try:
             with contextlib.ExitStack() as stack:
-                stack.enter_context(self.recorder.lock())
-                stack.enter_context(deterministic_algorithms(deterministic,
-                                                             self.device))
-                stack.enter_context(stop_on_sigterm())
+                self.enter_run(stack, deterministic)
                 return self._fit()
         finally:
             self.model.eval()
+
+    def enter_run(self, stack: contextlib.ExitStack, deterministic: bool) -> None:
+        """What holds for the run's duration, entered on ``stack``: the run
+        directory's lock, deterministic algorithms, SIGTERM as Ctrl-C. (A
+        data-parallel trainer makes the processes agree that rank 0 got the lock.)"""
+        stack.enter_context(self.recorder.lock())
+        stack.enter_context(deterministic_algorithms(deterministic, self.device))
+        stack.enter_context(stop_on_sigterm())
 
     def should_stop(self) -> bool:
         """Early stopping (MMRec's rule): more than ``patience`` epochs without a
@@ -606,7 +617,7 @@ class Trainer:
                 values = torch.stack([parts[n].detach().to(torch.float64).reshape(())
                                       for n in names])
                 if check_every == 1:
-                    if not bool(torch.isfinite(values).all()):
+                    if not step.all_finite(values):
                         raise TrainingDivergedError(self._diverged_message(
                             epoch, b, num_batches, names, values))
                 else:
@@ -652,9 +663,15 @@ class Trainer:
                       recent: List[torch.Tensor]) -> None:
         """The deferred (GPU) finiteness check of the last few steps."""
         stacked = torch.stack(recent)
-        ok = torch.isfinite(stacked).all(dim=1)
-        if bool(ok.all()):
+        if self.step.all_finite(stacked):  # (on every process)
             return
+        ok = torch.isfinite(stacked).all(dim=1)
+        if bool(ok.all()):  # only on another process of a data-parallel run
+            raise TrainingDivergedError(
+                f'non-finite loss on another process at epoch {epoch}, within '
+                f'batches {b - len(recent) + 2}-{b + 1} of {num_batches}; training '
+                f'stopped. Lower the learning rate or check the data for extreme '
+                f'feature values.')
         first = int((~ok).nonzero()[0, 0])
         batch = b - len(recent) + 1 + first
         raise TrainingDivergedError(self._diverged_message(
