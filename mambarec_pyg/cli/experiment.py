@@ -1,4 +1,4 @@
-"""The ``mambarec experiment`` and ``mambarec plot`` commands.
+"""``mambarec experiment`` and ``plot``.
 
 ::
 
@@ -24,11 +24,11 @@ import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List
 
-from ..cli import CommandError, _arg_type
+from .common import CommandError, _arg_type
 from ..config import ConfigError, DataConfig, TrainConfig, describe_type, field_docs
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .runner import Setup
+    from ..experiments.runner import Setup
 
 __all__ = ['add_parsers', 'cmd_experiment', 'cmd_plot', 'setup_from_args']
 
@@ -38,7 +38,7 @@ _SEED = 999
 def add_parsers(subparsers, parser_class) -> None:
     """Add ``experiment`` (one sub-command per experiment) and ``plot`` to the
     ``mambarec`` parser."""
-    from . import EXPERIMENTS
+    from ..experiments import EXPERIMENTS
     e = subparsers.add_parser(
         'experiment', help="run one of the paper's experiments (tables and figures)",
         description="Run one of the MambaRec paper's experiments: each cell is a full "
@@ -95,7 +95,7 @@ def _add_common(p: argparse.ArgumentParser, cls) -> None:
     r.add_argument('--seeds', type=_arg_type(int), default=1, metavar='N',
                    help=f'training seeds per cell: {_SEED}, {_SEED + 1}, ... (default '
                         f'1; mean ± std over seeds when more)')
-    from .presets import list_presets
+    from ..experiments.presets import list_presets
     presets = ', '.join(p.name for p in list_presets())
     r.add_argument('--models', nargs='+', metavar='NAME',
                    help='rows: registered models (`mambarec models`) and named '
@@ -131,7 +131,7 @@ def _add_common(p: argparse.ArgumentParser, cls) -> None:
 
 
 def _add_specific(p: argparse.ArgumentParser, name: str) -> None:
-    from .paper import CL_WEIGHTS, MMD_WEIGHTS, REDUCTION_FACTORS
+    from ..experiments.paper import CL_WEIGHTS, MMD_WEIGHTS, REDUCTION_FACTORS
     g = p.add_argument_group(f'{name} options')
     if name == 'table2':
         g.add_argument('--search', action='store_true', help="run each model's grid "
@@ -159,8 +159,8 @@ def _add_specific(p: argparse.ArgumentParser, name: str) -> None:
 # ---------------------------------------------------------------------------------
 def setup_from_args(args: argparse.Namespace, experiment) -> 'Setup':
     """The :class:`~mambarec_pyg.experiments.runner.Setup` a command line asks for."""
-    from .paper import paper_dataset
-    from .runner import DatasetSpec, Setup
+    from ..experiments.paper import paper_dataset
+    from ..experiments.runner import DatasetSpec, Setup
     if args.root and args.synthetic:
         raise ConfigError('give either --data ROOT [--datasets ...] or --synthetic '
                           'PRESET ..., not both')
@@ -226,9 +226,9 @@ def command_line(args: argparse.Namespace) -> List[str]:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from . import get_experiment
-    from .plots import MissingDependency
-    from .presets import load_presets
+    from ..experiments import get_experiment
+    from ..experiments.plots import MissingDependency
+    from ..experiments.presets import load_presets
     if not getattr(args, 'experiment', None):
         raise CommandError('which experiment? (table2, table3, ablation, sensitivity, '
                            'reduction, embeddings)', 2)
@@ -259,7 +259,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from .plots import MissingDependency, find_runs, plot_runs
+    from ..experiments.plots import MissingDependency, find_runs, plot_runs
     metrics = [m.strip() for m in args.metrics.split(',') if m.strip()]
     runs = find_runs(args.runs)
     labels = [x.strip() for x in args.labels.split(',')] if args.labels else None
