@@ -101,10 +101,8 @@ def _config(args: argparse.Namespace, require_data: bool = True) -> Config:
                           f'{type(base["model"]).__name__}')
     if model_name is not None:
         base['model']['name'] = model_name
-    overrides: Dict[str, Any] = {}
-    for key, value in vars(args).items():
-        if key.startswith('cfg:') and value is not None:
-            overrides[key[4:]] = value
+    from .flags import config_overrides
+    overrides: Dict[str, Any] = config_overrides(args)
     short = {'short_root': 'data.root', 'short_dataset': 'data.dataset',
              'short_synthetic': 'data.synthetic',
              'short_synthetic_seed': 'data.synthetic_seed'}

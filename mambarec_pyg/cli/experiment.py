@@ -18,14 +18,13 @@ a bad command line, 130 interrupted (run the same command again to resume).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
-import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List
 
 from .common import CommandError, _arg_type
-from ..config import ConfigError, DataConfig, TrainConfig, describe_type, field_docs
+from .flags import add_section_flags, config_overrides
+from ..config import ConfigError, DataConfig, TrainConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..experiments.runner import Setup
@@ -51,8 +50,11 @@ def add_parsers(subparsers, parser_class) -> None:
         p = names.add_parser(name, help=f'{cls.title}', allow_abbrev=False,
                              description=_describe(cls))
         _add_common(p, cls)
-        _add_specific(p, name)
-        p.set_defaults(func=cmd_experiment, _parser=p)
+        g = p.add_argument_group(f'{name} options')
+        known = {a.dest for a in p._actions}
+        cls.add_arguments(g)
+        own = tuple(a.dest for a in p._actions if a.dest not in known)
+        p.set_defaults(func=cmd_experiment, _parser=p, _own_options=own)
     e.set_defaults(func=cmd_experiment, _parser=e)
 
     p = subparsers.add_parser(
@@ -106,7 +108,7 @@ def _add_common(p: argparse.ArgumentParser, cls) -> None:
     r.add_argument('--quick', action='store_true', help='a small version in minutes on '
                    'a CPU: synthetic tiny data unless --data/--synthetic is given, '
                    'at most 5 epochs, batches of 128, one thread')
-    r.add_argument('--device', dest='train:device', metavar='D',
+    r.add_argument('--device', dest='cfg:train.device', metavar='D',
                    help='auto (CUDA when present), cpu, cuda or cuda:N')
     r.add_argument('--no-figures', dest='figures', action='store_false',
                    help='only the tables (no matplotlib needed)')
@@ -114,46 +116,8 @@ def _add_common(p: argparse.ArgumentParser, cls) -> None:
     r.add_argument('--verbose', action='store_true', help="every run's epoch lines too")
     t = p.add_argument_group('protocol (train options of every run; --train.FIELD '
                              'VALUE)')
-    hints = typing.get_type_hints(TrainConfig)
-    docs = field_docs(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
-        if f.name == 'device':
-            continue
-        tp = hints[f.name]
-        default = f.default
-        shown = ','.join(map(str, default)) if isinstance(default, tuple) else default
-        extra = ' (the first of --seeds)' if f.name == 'seed' else ''
-        t.add_argument(f'--train.{f.name.replace("_", "-")}', dest=f'train:{f.name}',
-                       type=_arg_type(tp), metavar=f.name.upper().split('_')[-1],
-                       help=(docs.get(f.name, '').replace('``', '') + extra +
-                             f' [{describe_type(tp)}; default: {shown}]'
-                             ).replace('%', '%%'))
-
-
-def _add_specific(p: argparse.ArgumentParser, name: str) -> None:
-    from ..experiments.paper import CL_WEIGHTS, MMD_WEIGHTS, REDUCTION_FACTORS
-    g = p.add_argument_group(f'{name} options')
-    if name == 'table2':
-        g.add_argument('--search', action='store_true', help="run each model's grid "
-                       "(its GRID, as `mambarec search`) at the first seed and keep "
-                       'the point best on valid Recall@20')
-    if name == 'sensitivity':
-        g.add_argument('--part', choices=('both', 'figure4', 'figure5'), default='both',
-                       help='Figure 4 (InfoNCE weight), Figure 5 (r x MMD weight) or '
-                            'both (default)')
-        g.add_argument('--cl-weights', type=_arg_type(typing.Tuple[float, ...]),
-                       metavar='W1,W2', help='Figure 4 grid (default: '
-                       f'{",".join(f"{w:g}" for w in CL_WEIGHTS)})')
-        g.add_argument('--mmd-weights', type=_arg_type(typing.Tuple[float, ...]),
-                       metavar='W1,W2', help='Figure 5 columns (default: '
-                       f'{",".join(f"{w:g}" for w in MMD_WEIGHTS)})')
-    if name in ('sensitivity', 'reduction'):
-        g.add_argument('--reduction-factors', type=_arg_type(typing.Tuple[int, ...]),
-                       metavar='R1,R2', help='reduction factors r (default: '
-                       f'{",".join(map(str, REDUCTION_FACTORS))})')
-    if name == 'embeddings':
-        g.add_argument('--max-items', type=_arg_type(int), default=3000, metavar='N',
-                       help='items in the t-SNE (a seeded sample; default 3000)')
+    add_section_flags(t, 'train', TrainConfig, skip=('device', ),
+                      notes={'seed': '(the first of --seeds) '})
 
 
 # ---------------------------------------------------------------------------------
@@ -185,15 +149,14 @@ def setup_from_args(args: argparse.Namespace, experiment) -> 'Setup':
     if args.seeds < 1:
         raise ConfigError(f'--seeds: expected a positive number of seeds, got '
                           f'{args.seeds}')
-    train: Dict[str, Any] = {k.split(':', 1)[1]: v for k, v in vars(args).items()
-                             if k.startswith('train:') and v is not None}
+    train: Dict[str, Any] = config_overrides(args, 'train')
     first = train.pop('seed', _SEED)
     seeds = [first + i for i in range(args.seeds)]
-    options = {k: getattr(args, k) for k in ('part', 'cl_weights', 'mmd_weights',
-                                             'reduction_factors', 'max_items')
-               if getattr(args, k, None) is not None}
-    for key in ('cl_weights', 'mmd_weights', 'reduction_factors'):
-        if key in options and not options[key]:
+    # the experiment's own options (Experiment.add_arguments); --search is Setup's
+    options = {k: getattr(args, k) for k in getattr(args, '_own_options', ())
+               if k != 'search' and getattr(args, k, None) is not None}
+    for key, value in options.items():
+        if isinstance(value, tuple) and not value:
             raise ConfigError(f'--{key.replace("_", "-")}: expected at least one value')
     output = Path(args.output) if args.output else Path('runs') / (
         experiment.name + ('-quick' if args.quick else ''))

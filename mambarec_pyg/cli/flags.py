@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 from ..config import describe_type, field_docs
 from .common import DEFAULT_MODEL, _arg_type, _sections
@@ -37,24 +38,55 @@ def _add_config_flags(p: argparse.ArgumentParser, model_name: str) -> None:
                                 f'{DEFAULT_MODEL}; `mambarec models` describes each; '
                                 f'the --model.* options below are those of '
                                 f'{model_name!r})')
-        hints = typing.get_type_hints(cls)
-        docs = field_docs(cls)
-        defaults = {}
-        for f in dataclasses.fields(cls):
-            if f.default is not dataclasses.MISSING:
-                defaults[f.name] = f.default
-            elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-                defaults[f.name] = f.default_factory()  # type: ignore[misc]
-        for f in dataclasses.fields(cls):
-            tp = hints[f.name]
-            flag = f'--{section}.{f.name.replace("_", "-")}'
-            default = defaults.get(f.name)
-            shown = ','.join(map(str, default)) if isinstance(default, tuple) else (
-                "none (the model's default)" if default is None and section == 'train'
-                else 'none' if default is None else default)
-            g.add_argument(flag, dest=f'cfg:{section}.{f.name}', type=_arg_type(tp),
-                           metavar=f.name.upper().split('_')[-1] if tp is not bool
-                           else 'BOOL',
-                           help=(docs[f.name].replace('``', '') + ' ' if f.name in docs
-                                 else '') +
-                           f'[{describe_type(tp)}; default: {shown}]'.replace('%', '%%'))
+        add_section_flags(g, section, cls)
+
+
+#: The prefix of the ``dest`` of every config flag: ``cfg:<section>.<field>``.
+PREFIX = 'cfg:'
+
+
+def add_section_flags(group, section: str, cls, skip: Sequence[str] = (),
+                      notes: Optional[Mapping[str, str]] = None) -> None:
+    """One flag ``--<section>.<field-with-dashes>`` per field of the dataclass
+    ``cls`` into ``group``, typed by the field's annotation, its help from the
+    field's doc comment and default; the value lands in ``cfg:<section>.<field>``
+    (``None`` when not given; :func:`config_overrides` collects them). ``skip``:
+    fields without a flag; ``notes``: text added to a field's help."""
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    notes = notes or {}
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        else:
+            default = None
+        tp = hints[f.name]
+        shown = ','.join(map(str, default)) if isinstance(default, tuple) else (
+            "none (the model's default)" if default is None and section == 'train'
+            else 'none' if default is None else default)
+        group.add_argument(
+            f'--{section}.{f.name.replace("_", "-")}', dest=f'{PREFIX}{section}.{f.name}',
+            type=_arg_type(tp), metavar='BOOL' if tp is bool else
+            f.name.upper().split('_')[-1],
+            help=((docs[f.name].replace('``', '') + ' ' if f.name in docs else '') +
+                  notes.get(f.name, '') +
+                  f'[{describe_type(tp)}; default: {shown}]').replace('%', '%%'))
+
+
+def config_overrides(args: argparse.Namespace, section: Optional[str] = None
+                     ) -> Dict[str, Any]:
+    """The config flags given on the command line, ``{'section.field': value}``
+    (only ``section``'s, without the prefix ``section.``, when it is given)."""
+    out: Dict[str, Any] = {}
+    for key, value in vars(args).items():
+        if key.startswith(PREFIX) and value is not None:
+            name = key[len(PREFIX):]
+            if section is None:
+                out[name] = value
+            elif name.startswith(section + '.'):
+                out[name[len(section) + 1:]] = value
+    return out

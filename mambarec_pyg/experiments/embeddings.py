@@ -130,6 +130,13 @@ class Embeddings(Experiment):
     default_datasets = ('baby', 'sports')
     needs_sklearn = True
 
+    @classmethod
+    def add_arguments(cls, group) -> None:
+        from ..cli.common import _arg_type
+        group.add_argument('--max-items', type=_arg_type(int), default=3000,
+                           metavar='N', help='items in the t-SNE (a seeded sample; '
+                           'default 3000)')
+
     def rows(self, setup: Setup) -> List[Preset]:
         cached = getattr(self, '_rows', None)
         if cached is not None:

@@ -51,6 +51,13 @@ class Reduction(SweepExperiment):
     paper_ref = 'Figure 6'
     default_datasets = ('baby', 'sports')
 
+    @classmethod
+    def add_arguments(cls, group) -> None:
+        from ..cli.common import _arg_type
+        group.add_argument('--reduction-factors', type=_arg_type(Tuple[int, ...]),
+                           metavar='R1,R2', help='reduction factors r (default: '
+                           f'{",".join(map(str, REDUCTION_FACTORS))})')
+
     def factors(self, setup: Setup) -> List[int]:
         return list(setup.options.get('reduction_factors') or REDUCTION_FACTORS)
 

@@ -456,6 +456,12 @@ class Experiment:
     #: needs scikit-learn as well as matplotlib.
     needs_sklearn: ClassVar[bool] = False
 
+    @classmethod
+    def add_arguments(cls, group) -> None:
+        """Add this experiment's own options to ``group`` (an argparse argument
+        group of ``mambarec experiment NAME``). The value of each (by its ``dest``)
+        reaches :attr:`Setup.options` when given; none by default."""
+
     def plan(self, setup: Setup) -> List[Cell]:
         raise NotImplementedError
 
