@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List
 
 from .common import CommandError, _arg_type
-from .flags import add_section_flags, config_overrides
+from .flags import (add_executor_flags, add_section_flags, config_overrides,
+                    executor_options)
 from ..config import ConfigError, DataConfig, TrainConfig
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -114,6 +115,7 @@ def _add_common(p: argparse.ArgumentParser, cls) -> None:
                    help='only the tables (no matplotlib needed)')
     r.add_argument('--quiet', action='store_true', help='no progress output')
     r.add_argument('--verbose', action='store_true', help="every run's epoch lines too")
+    add_executor_flags(p, 'cells')
     t = p.add_argument_group('protocol (train options of every run; --train.FIELD '
                              'VALUE)')
     add_section_flags(t, 'train', TrainConfig, skip=('device', ),
@@ -164,7 +166,8 @@ def setup_from_args(args: argparse.Namespace, experiment) -> 'Setup':
                  models=args.models, quick=args.quick,
                  search=bool(getattr(args, 'search', False)), quiet=args.quiet,
                  verbose=args.verbose, figures=args.figures, options=options,
-                 command=command_line(args))
+                 command=command_line(args), executor=executor_options(args),
+                 log=tuple(args.log or ()))
 
 
 def command_line(args: argparse.Namespace) -> List[str]:
@@ -201,7 +204,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     setup = setup_from_args(args, experiment)
     try:
         result = experiment.run(setup)
-    except MissingDependency as e:
+    except (MissingDependency, ImportError) as e:
         raise CommandError(str(e), 1) from None
     except KeyboardInterrupt:
         print(f'mambarec experiment {experiment.name}: interrupted; run the same '

@@ -90,3 +90,64 @@ def config_overrides(args: argparse.Namespace, section: Optional[str] = None
             elif name.startswith(section + '.'):
                 out[name[len(section) + 1:]] = value
     return out
+
+
+def add_executor_flags(p: argparse.ArgumentParser, what: str = 'cells') -> None:
+    """``--executor``, ``--workers``, ``--ray-address``, the ``--slurm-*`` options and
+    ``--log``: where the runs of an experiment or a search go, and what watches
+    them."""
+    g = p.add_argument_group(f'executor (where the {what} run; the results do not '
+                             f'depend on it)')
+    g.add_argument('--executor', choices=('local', 'ray', 'slurm'), default='local',
+                   help='local: processes on this machine (default); ray: Ray tasks '
+                        "(pip install 'mambarec-pyg[ray]'); slurm: a Slurm job array "
+                        "through submitit (pip install 'mambarec-pyg[slurm]')")
+    g.add_argument('--workers', type=_arg_type(int), default=1, metavar='N',
+                   help=f'{what} at once (default 1: one after the other in this '
+                        f'process). Locally each worker gets one GPU '
+                        f'(CUDA_VISIBLE_DEVICES, round robin) or, without GPUs, '
+                        f'cores/N threads (where --train.num-threads is 0)')
+    g.add_argument('--ray-address', metavar='ADDRESS', help='an existing Ray cluster '
+                   '(ray://HOST:10001 or HOST:6379; default: a local cluster with N '
+                   'CPUs)')
+    g.add_argument('--slurm-partition', metavar='NAME', help='Slurm partition')
+    g.add_argument('--slurm-time', type=_arg_type(int), default=24 * 60, metavar='MIN',
+                   help='time limit of each task in minutes (default 1440)')
+    g.add_argument('--slurm-gpus', type=_arg_type(int), default=0, metavar='G',
+                   help='GPUs per task (default 0)')
+    g.add_argument('--slurm-cpus', type=_arg_type(int), default=1, metavar='C',
+                   help='CPUs per task (default 1; the run\'s threads)')
+    g.add_argument('--slurm-mem', type=_arg_type(float), metavar='GB',
+                   help='memory per task in GB')
+    g.add_argument('--slurm-account', metavar='NAME', help='Slurm account')
+    g.add_argument('--slurm-option', action='append', metavar='KEY=VALUE',
+                   help='any other sbatch option, e.g. --slurm-option qos=high '
+                        '(repeatable)')
+    g.add_argument('--slurm-cluster', choices=('slurm', 'local', 'debug'),
+                   default='slurm', help="submitit's executor: slurm (default); "
+                   'local runs the job array on this machine (to try a setup)')
+    g.add_argument('--log', nargs='+', choices=('tensorboard', 'mlflow'), default=(),
+                   metavar='TRACKER', help='also log every run to TensorBoard '
+                   '(OUTPUT/tensorboard/) and/or MLflow (OUTPUT/mlruns/, or '
+                   '$MLFLOW_TRACKING_URI), one group of runs per command; needs '
+                   "pip install 'mambarec-pyg[track]'. Every run writes metrics.csv "
+                   'and metrics.jsonl anyway')
+
+
+def executor_options(args: argparse.Namespace):
+    """The :class:`~mambarec_pyg.experiments.executors.ExecutorOptions` of the
+    command line."""
+    from ..config import ConfigError
+    from ..experiments.executors import ExecutorOptions
+    extra = {}
+    for spec in args.slurm_option or ():
+        key, eq, value = spec.partition('=')
+        if not eq or not key:
+            raise ConfigError(f'--slurm-option {spec!r}: expected KEY=VALUE')
+        extra[key] = value
+    return ExecutorOptions(
+        kind=args.executor, workers=args.workers, ray_address=args.ray_address,
+        slurm_partition=args.slurm_partition, slurm_time=args.slurm_time,
+        slurm_gpus=args.slurm_gpus, slurm_cpus=args.slurm_cpus,
+        slurm_mem_gb=args.slurm_mem, slurm_account=args.slurm_account,
+        slurm_cluster=args.slurm_cluster, slurm_extra=extra)
