@@ -138,7 +138,7 @@ def executor_options(args: argparse.Namespace):
     """The :class:`~mambarec_pyg.experiments.executors.ExecutorOptions` of the
     command line."""
     from ..config import ConfigError
-    from ..experiments.executors import ExecutorOptions
+    from ..train.executors import ExecutorOptions
     extra = {}
     for spec in args.slurm_option or ():
         key, eq, value = spec.partition('=')

@@ -6,7 +6,7 @@ import sys
 
 from ..utils import did_you_mean
 from .common import DEFAULT_MODEL, _arg_type
-from .flags import _add_config_flags, _add_data_flags
+from .flags import _add_config_flags, _add_data_flags, add_executor_flags
 
 
 def _command(name: str):
@@ -107,9 +107,19 @@ def build_parser(model_name: str = DEFAULT_MODEL) -> argparse.ArgumentParser:
                    help='a grid axis, e.g. --grid model.mmd_weight=0.1,0.2 (repeat for '
                    "more axes; replaces the model's grid)")
     s.add_argument('--resume', action='store_true', help='reuse finished points')
+    s.add_argument('--sampler', choices=('grid', 'optuna'), default='grid',
+                   help='grid: every point (default); optuna: an Optuna study over the '
+                        "grid's values, stored in OUTPUT/optuna.db (SQLite) so that "
+                        "several commands share it (pip install 'mambarec-pyg[optuna]')")
+    s.add_argument('--optuna-sampler', choices=('tpe', 'grid'), default='tpe',
+                   help="Optuna's sampler (default tpe)")
+    s.add_argument('--trials', type=_arg_type(int), metavar='N',
+                   help='--sampler optuna: finished trials the study should hold '
+                        "(default: the grid's size)")
     s.add_argument('--device', dest='cfg:train.device', type=str, metavar='D',
                    help='auto, cpu, cuda or cuda:N')
     s.add_argument('--quiet', action='store_true', help='no progress output')
+    add_executor_flags(s, 'grid points')
     _add_data_flags(s)
     _add_config_flags(s, model_name)
     s.set_defaults(func=_command('cmd_search'), _parser=s)

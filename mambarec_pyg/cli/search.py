@@ -7,7 +7,8 @@ from pathlib import Path
 
 from ..config import ConfigError, parse_text
 from ..utils import did_you_mean
-from .common import _config, _default_name, _sections, _table
+from .common import CommandError, _config, _default_name, _sections, _table
+from .flags import executor_options
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -38,8 +39,16 @@ def cmd_search(args: argparse.Namespace) -> int:
                 raise ConfigError(f'--grid {key}: {e}') from None
     out = Path(args.output) if args.output else Path('runs') / (
         f'search-{type(config.model).name}-{_default_name(config)}')
-    result = grid_search(None, config, grid, out, resume=args.resume,
-                         quiet=args.quiet)
+    options = executor_options(args)
+    elsewhere = (options.kind != 'local' or options.workers > 1 or
+                 args.sampler != 'grid' or args.log)
+    try:
+        result = grid_search(None, config, grid, out, resume=args.resume,
+                             quiet=args.quiet, executor=options if elsewhere else None,
+                             sampler=args.sampler, trials=args.trials,
+                             optuna_sampler=args.optuna_sampler, log=args.log or ())
+    except ImportError as e:  # an optional dependency of the executor or sampler
+        raise CommandError(str(e), 1) from None
     metric = result.metric
     rows = [('point', f'valid {metric}', 'test recall@20', 'test ndcg@20', 'epoch')]
     for p in result.points:

@@ -44,8 +44,8 @@ from ..config import Config, ConfigError, DataConfig, TrainConfig
 from ..io import write_json
 from ..train.rundir import FINAL_STATUSES as FINAL
 from ..utils import progress
-from .executors import (PER_USER_FILE, Executor, ExecutorOptions, Task, cell_is_locked,
-                        make_executor, save_per_user)
+from ..train.executors import (PER_USER_FILE, Executor, ExecutorOptions, Task,
+                               cell_is_locked, make_executor, save_per_user)
 
 __all__ = ['DatasetSpec', 'Setup', 'Cell', 'CellResult', 'Runner', 'Experiment',
            'ExperimentResult', 'FINAL', 'fmt_duration', 'QUICK_TRAIN']

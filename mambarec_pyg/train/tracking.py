@@ -131,7 +131,13 @@ class MLflowTracker:
             raise ImportError("--log mlflow needs MLflow: pip install "
                               "'mambarec-pyg[track]' (mlflow-skinny)") from None
         self.mlflow = mlflow
-        uri = os.environ.get('MLFLOW_TRACKING_URI') or Path(log_dir).resolve().as_uri()
+        uri = os.environ.get('MLFLOW_TRACKING_URI')
+        if not uri:
+            # the local file store (no database to set up; shared by the workers of
+            # one machine or of a cluster's shared file system); MLflow 3 asks
+            # for this opt-in to use it
+            uri = Path(log_dir).resolve().as_uri()
+            os.environ.setdefault('MLFLOW_ALLOW_FILE_STORE', 'true')
         self.client = mlflow.MlflowClient(tracking_uri=uri)
         name = group or 'mambarec'
         found = self.client.get_experiment_by_name(name)

@@ -18,7 +18,7 @@ import pytest
 
 from mambarec_pyg.cli import main
 from mambarec_pyg.experiments import run_experiment, synthetic_setup
-from mambarec_pyg.experiments.executors import (CellLock, ExecutorOptions, Task,
+from mambarec_pyg.train.executors import (CellLock, ExecutorOptions, Task,
                                                 run_cell)
 
 MODELS = ['popularity', 'bpr', 'lightgcn']

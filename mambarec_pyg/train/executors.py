@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import ConfigError, MambaRecError, RunDirectoryBusy
-from ..train.rundir import RunLock
+from .rundir import RunLock
 
 __all__ = ['Task', 'run_cell', 'CellLock', 'ExecutorOptions', 'Executor',
            'LocalExecutor', 'RayExecutor', 'SlurmExecutor', 'make_executor',
@@ -108,7 +108,7 @@ def run_cell(task: Task) -> Dict[str, Any]:
     * ``error`` -- the first line of the error, for a failed cell (the traceback is
       kept in ``DIR/error.txt``); ``spent`` -- seconds this call took.
     """
-    from ..train.rundir import finished_run, read_record
+    from .rundir import finished_run
     start = time.perf_counter()
     directory = Path(task.directory)
     lock = CellLock(directory)
@@ -149,9 +149,9 @@ def _dataset(config):
 
 
 def _train(task: Task, config, directory: Path, start: float) -> Dict[str, Any]:
-    from ..train.experiment import run
-    from ..train.rundir import read_record
-    from ..train.tracking import make_trackers
+    from .experiment import run
+    from .rundir import read_record
+    from .tracking import make_trackers
     trackers = []
     try:
         data = _dataset(config.data)
@@ -188,7 +188,7 @@ def save_per_user(directory: Path, model, data, train) -> Dict[str, Any]:
     written to ``directory/per_user_test.npz``."""
     import numpy as np
     from ..io import atomic_path
-    from ..train.evaluate import evaluate
+    from .evaluate import evaluate
     metrics = evaluate(model, data, 'test', ks=train.topk,
                        batch_size=train.eval_batch_size, per_user=True)
     values = {k: np.asarray(v.numpy() if hasattr(v, 'numpy') else v)
