@@ -198,6 +198,14 @@ class Embeddings(Experiment):
                 np.savez(f, **out)
         return out
 
+    def collect(self, setup: Setup, results: List[CellResult], runner: Runner) -> None:
+        """The t-SNE of every finished run's item embeddings, cached in
+        ``OUTPUT/embeddings/`` (the report reads the caches)."""
+        super().collect(setup, results, runner)
+        for res in results:
+            if res.ok:
+                self._points(setup, runner, res)
+
     def report(self, setup: Setup, results: List[CellResult],
                runner: Runner) -> ExperimentResult:
         caveat = note(setup)

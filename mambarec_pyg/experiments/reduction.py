@@ -65,18 +65,30 @@ class Reduction(SweepExperiment):
         return [Setting(f'r={r}', f'r={r}', {'model.reduction_factor': r},
                         {'reduction_factor': r}) for r in self.factors(setup)]
 
-    def _parameters(self, runner: Runner, results: List[CellResult]
-                    ) -> Dict[Tuple[str, str, int], Tuple[int, int]]:
+    #: the parameter counts of every (dataset, row, r), written by :meth:`collect`.
+    PARAMETERS_FILE = 'parameters.json'
+
+    def collect(self, setup: Setup, results: List[CellResult], runner: Runner) -> None:
+        """Count the parameters of every (dataset, row, r)'s model into
+        ``OUTPUT/parameters.json`` (the report reads it)."""
+        from ..io import write_json
         from ..train.experiment import build_model
-        out = {}
+        super().collect(setup, results, runner)
+        out: Dict[str, List[int]] = {}
         for r in results:
-            key = (r.cell.dataset.label, r.cell.row, r.cell.labels['reduction_factor'])
+            key = _key(r)
             if key in out or not r.ok:
                 continue
             model = build_model(runner.data(r.cell.config.data), r.cell.config.model)
-            out[key] = count_parameters(model)
+            out[key] = list(count_parameters(model))
             del model
-        return out
+        write_json(setup.output / self.PARAMETERS_FILE, out)
+
+    def _parameters(self, setup: Setup
+                    ) -> Dict[Tuple[str, str, int], Tuple[int, int]]:
+        import json
+        saved = json.loads((setup.output / self.PARAMETERS_FILE).read_text())
+        return {tuple(json.loads(k)): tuple(v) for k, v in saved.items()}
 
     def report(self, setup: Setup, results: List[CellResult],
                runner: Runner) -> ExperimentResult:
@@ -84,7 +96,7 @@ class Reduction(SweepExperiment):
         factors = self.factors(setup)
         stats = aggregate(results, ('dataset', 'row', 'reduction_factor'),
                           ('recall@20', 'ndcg@20'), setup.output)
-        params = self._parameters(runner, results)
+        params = self._parameters(setup)
         times: Dict[Tuple, List[float]] = {}
         for r in results:
             if r.ok and math.isfinite(r.epoch_s):
@@ -198,3 +210,9 @@ class Reduction(SweepExperiment):
 
 def _pct(x) -> str:
     return '–' if x is None else f'{x:.1f}%'
+
+
+def _key(r: CellResult) -> str:
+    import json
+    return json.dumps([r.cell.dataset.label, r.cell.row,
+                       r.cell.labels['reduction_factor']])

@@ -481,7 +481,8 @@ class ExperimentResult:
 
 
 class Experiment:
-    """Base class: an experiment builds cells, runs them and writes its report.
+    """Base class: an experiment plans cells, runs them (on the setup's executor),
+    collects what its report needs from the runs' directories, and writes its report.
 
     Subclasses set :attr:`name`, :attr:`title`, :attr:`paper_ref` and
     :attr:`default_datasets`, and implement :meth:`plan` (the cells) and
@@ -510,6 +511,13 @@ class Experiment:
 
     def plan(self, setup: Setup) -> List[Cell]:
         raise NotImplementedError
+
+    def collect(self, setup: Setup, results: List[CellResult], runner: Runner) -> None:
+        """After the runs, before the report: write what the report reads beside the
+        runs (per-user test metrics where :attr:`per_user`; an experiment may add
+        its own), so that the report reads files and builds no model."""
+        if self.per_user:
+            runner.collect(results)
 
     def report(self, setup: Setup, results: List[CellResult],
                runner: Runner) -> 'ExperimentResult':
@@ -544,8 +552,7 @@ class Experiment:
             self.write_summary(setup, runner.results, started, 'interrupted', {})
             raise
         runner.close()
-        if self.per_user:
-            runner.collect(results)
+        self.collect(setup, results, runner)
         out = self.report(setup, results, runner)
         out.status = 'incomplete' if out.failed else 'complete'
         if out.failed and 'markdown' in out.files:

@@ -157,8 +157,9 @@ def _train(task: Task, config, directory: Path, start: float) -> Dict[str, Any]:
         data = _dataset(config.data)
         trackers = make_trackers(task.log, directory, config, group=task.group,
                                  run_name=task.key, log_dir=task.log_dir)
+        extra = {'callbacks': trackers} if trackers else {}
         result = run(config, directory, resume=True, quiet=not task.verbose,
-                     data=data, callbacks=trackers)
+                     data=data, **extra)
     except (ConfigError, RunDirectoryBusy):
         raise
     except (MambaRecError, RuntimeError, ValueError, OSError, ImportError) as e:
