@@ -45,7 +45,8 @@ from ..io import write_json
 from ..train.rundir import FINAL_STATUSES as FINAL
 from ..utils import progress
 from ..train.executors import (PER_USER_FILE, Executor, ExecutorOptions, Task,
-                               cell_is_locked, make_executor, save_per_user)
+                               cell_is_locked, finished_outcome, make_executor,
+                               save_per_user)
 
 __all__ = ['DatasetSpec', 'Setup', 'Cell', 'CellResult', 'Runner', 'Experiment',
            'ExperimentResult', 'FINAL', 'fmt_duration', 'QUICK_TRAIN']
@@ -326,6 +327,11 @@ class Runner:
                 first[key] = i
                 todo.append(i)
         waiting: List[int] = []
+        for i in list(todo):  # finished already: reused without a worker
+            out = finished_outcome(self.task(cells[i]))
+            if out is not None:
+                results[i] = self._outcome(cells[i], out)
+                todo.remove(i)
         while todo:
             tasks = {id(t): (i, t) for i, t in ((i, self.task(cells[i])) for i in todo)}
             for task, out in self.executor.run([t for _, t in tasks.values()]):

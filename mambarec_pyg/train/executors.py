@@ -34,7 +34,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 from ..errors import ConfigError, MambaRecError, RunDirectoryBusy
 from .rundir import RunLock
 
-__all__ = ['Task', 'run_cell', 'CellLock', 'ExecutorOptions', 'Executor',
+__all__ = ['Task', 'run_cell', 'finished_outcome', 'CellLock', 'ExecutorOptions', 'Executor',
            'LocalExecutor', 'RayExecutor', 'SlurmExecutor', 'make_executor',
            'EXECUTORS', 'cpu_cores', 'cell_is_locked']
 
@@ -132,6 +132,22 @@ def run_cell(task: Task) -> Dict[str, Any]:
         return {'status': 'busy', 'error': str(e)}
     finally:
         lock.release()
+
+
+def finished_outcome(task: Task) -> Optional[Dict[str, Any]]:
+    """:func:`run_cell`'s answer for a cell that is finished already (read without
+    its lock: a finished run's files are final), else ``None`` -- so a command run
+    again starts no worker for the cells it only reuses."""
+    from ..config import Config
+    from .rundir import finished_run
+    try:
+        saved, go_on = finished_run(task.directory, Config.from_dict(task.config))
+    except ConfigError as e:
+        return {'status': 'config_error', 'error': str(e)}
+    if saved is None or go_on:
+        return None
+    return {'status': saved.get('status'), 'record': saved, 'reused': True,
+            'spent': 0.0}
 
 
 _DATA: Dict[str, Any] = {}

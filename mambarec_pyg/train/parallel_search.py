@@ -28,7 +28,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from ..config import Config, ConfigError
 from .checkpoint import write_json
-from .executors import ExecutorOptions, Task, cell_is_locked, make_executor
+from .executors import (ExecutorOptions, Task, cell_is_locked, finished_outcome,
+                        make_executor)
 
 __all__ = ['search_on_executor', 'OPTUNA_FILE']
 
@@ -46,9 +47,9 @@ class _Points:
     """Runs points on an executor, waits for those another command holds, and keeps
     every outcome (by point name)."""
 
-    def __init__(self, config: Config, out: Path, executor, options: ExecutorOptions,
+    def __init__(self, config: Config, out: Path, options: ExecutorOptions,
                  quiet: bool, log: Sequence[str], total: int) -> None:
-        self.config, self.out, self.executor = config, out, executor
+        self.config, self.out, self._executor = config, out, None
         self.options, self.quiet, self.log = options, quiet, tuple(log)
         self.metric = config.train.valid_metric
         self.outcomes: Dict[str, Dict[str, Any]] = {}
@@ -56,6 +57,19 @@ class _Points:
         self.start = time.perf_counter()
         self.trained_s = 0.0
         self.trained = 0
+
+    @property
+    def executor(self):
+        """The executor, started when a point needs training."""
+        if self._executor is None:
+            self._executor = make_executor(self.options, self.out / 'slurm',
+                                           f'mambarec-search-{self.out.name}')
+            _say(self.quiet, f'executor: {self._executor.describe()}')
+        return self._executor
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.close()
 
     def task(self, name: str, values: Mapping[str, Any]) -> Task:
         cfg = self.config.with_overrides(dict(values))
@@ -65,7 +79,15 @@ class _Points:
 
     def run(self, points: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
         """Run ``points`` (``{'name', 'values'}``); returns their records."""
-        todo = [p for p in points if p['name'] not in self.outcomes]
+        todo = []
+        for p in points:
+            if p['name'] in self.outcomes:
+                continue
+            out = finished_outcome(self.task(p['name'], p['values']))
+            if out is not None:  # finished already: reused without a worker
+                self._done(p, out)
+            else:
+                todo.append(p)
         while todo:
             by_name = {p['name']: p for p in todo}
             waiting = []
@@ -114,7 +136,7 @@ class _Points:
         done = len(self.outcomes)
         self.total = max(self.total, done)
         left = self.total - done
-        parallel = max(1, min(left, self.executor.parallel))
+        parallel = max(1, min(left, getattr(self._executor, 'parallel', 1)))
         eta = (self.trained_s / self.trained * left / parallel) if self.trained \
             else None
         from ..experiments.runner import fmt_duration
@@ -161,11 +183,9 @@ def search_on_executor(config: Config, grid: Mapping[str, Sequence[Any]],
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     metric = config.train.valid_metric
-    runner_exec = make_executor(options, out / 'slurm', f'mambarec-search-{out.name}')
     total = len(every) if sampler == 'grid' else (trials or len(every))
-    points = _Points(config, out, runner_exec, options, quiet, log, total)
-    _say(quiet, f'search: {total} point(s) in {out}; executor: '
-                f'{runner_exec.describe()}')
+    points = _Points(config, out, options, quiet, log, total)
+    _say(quiet, f'search: {total} point(s) in {out}')
     try:
         if sampler == 'grid':
             ran = points.run([{'name': point_name(v), 'values': v} for v in every])
@@ -173,7 +193,7 @@ def search_on_executor(config: Config, grid: Mapping[str, Sequence[Any]],
             ran = _optuna(points, grid, out, trials or len(every), optuna_sampler,
                           options.workers, metric)
     finally:
-        runner_exec.close()
+        points.close()
     ok = [p for p in ran if p['status'] != 'failed']
     best = max(ok, key=lambda p: p['valid'].get(metric, float('-inf'))) if ok else None
     record = _record(ran, best, metric, config, start, data)
