@@ -137,6 +137,41 @@ def test_two_commands_at_once_share_the_cells(reference, tmp_path):
     assert _table(out) == _table(reference)
 
 
+def test_a_cell_another_process_holds_is_waited_for_and_reused(reference, tmp_path):
+    # this process holds the bpr cell as another command would, and trains it
+    # while the command waits; the command then reuses it and trains it not again
+    from mambarec_pyg.experiments import get_experiment
+    from mambarec_pyg.train.experiment import run
+    out = tmp_path / 'held'
+    cell = next(c for c in get_experiment('table2').plan(_setup(out))
+                if c.row == 'bpr')
+    directory = out / 'runs' / cell.key
+    lock = CellLock(directory).acquire()
+    try:
+        proc = _command(out)
+        deadline = time.monotonic() + 300
+        lines = []
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            lines.append(line)
+            if line.startswith('waiting for 1 run(s) that another process holds'):
+                break
+            if not line and proc.poll() is not None:
+                pytest.fail(''.join(lines))
+        else:
+            pytest.fail('the command did not wait: ' + ''.join(lines))
+        assert not (directory / 'results.json').exists()
+        run(cell.config, directory, resume=True, quiet=True)
+    finally:
+        lock.release()
+    rest = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 0, rest
+    stderr = ''.join(lines) + rest
+    assert sorted(_trained(stderr)) == ['lightgcn', 'popularity']
+    assert re.search(r'\| bpr \| .*\[finished earlier, reused\]', stderr)
+    assert _table(out) == _table(reference)
+
+
 def test_a_killed_workers_cell_is_resumed(tmp_path):
     # the bpr cell trains 40 epochs, writing last.pt after every one; the command is
     # killed (SIGKILL, as a lost node) once some are done
