@@ -14,6 +14,8 @@ prepare, export, serve.
     mambarec serve exports/baby --host 127.0.0.1 --port 8000
     mambarec stats --data data --dataset baby
     mambarec search --synthetic baby --output runs/grid
+    mambarec search --synthetic baby --output runs/grid --workers 4 --sampler optuna
+    mambarec experiment table2 --data data --output runs/table2 --workers 8
     mambarec prepare --ratings ratings_Baby.csv --meta meta_Baby.json.gz \\
                      --images image_features_Baby.b --dataset baby
 
@@ -26,6 +28,13 @@ lists them). Values: numbers, ``true``/``false``, ``none`` for an empty optional
 comma-separated lists for tuples. Precedence: built-in defaults, then ``--config
 FILE.yaml``, then flags. Short forms: ``--data ROOT``, ``--dataset NAME``,
 ``--synthetic PRESET``, ``--synthetic-seed S``, ``--device D``.
+
+The package: :mod:`.parser` (the parser), :mod:`.flags` (config fields to flags, the
+executor flags), :mod:`.common` (the config from a file and flags, checkpoints,
+tables) and one module per command family: :mod:`.run` (train, evaluate, recommend,
+models), :mod:`.data` (prepare, stats), :mod:`.serving` (export, serve),
+:mod:`.search` and :mod:`.experiment` (experiment, plot). ``python -m
+mambarec_pyg.cli`` is the same command (also under ``torchrun``).
 
 Exit codes: 0 success, 1 a failure (missing file, bad data, diverged run), 2 a bad
 command line or option value, 130 interrupted (Ctrl-C; the run can be resumed).

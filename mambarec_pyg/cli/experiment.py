@@ -10,6 +10,8 @@
     mambarec plot runs/table2/runs/baby/mambarec/seed-999 \\
                   runs/table2/runs/baby/bpr/seed-999
 
+``--executor local|ray|slurm`` and ``--workers N`` run the cells at the same time
+(:mod:`mambarec_pyg.train.executors`); the tables do not depend on them.
 Running the same command again resumes: finished runs are reused, an interrupted one
 continues from its last checkpoint. Exit codes: 0 success, 1 a failure (some runs
 failed -- the tables are still written --, a missing file or plotting dependency), 2

@@ -16,10 +16,18 @@ and the grid search. Two cells
 of one experiment with the same configuration (e.g. Figure 4's lambda_cl = 0.01 and
 Figure 5's r = 8, lambda_mmd = 0.15, both the default MambaRec) share one run.
 
+The flow: :meth:`Experiment.plan` (the cells) -> run them on the setup's executor
+(:mod:`mambarec_pyg.train.executors`: this process, local worker processes, Ray or
+Slurm; the cell's run is the same whichever) -> :meth:`Experiment.collect` (per-user
+metrics and what else the report needs, written beside the runs) ->
+:meth:`Experiment.report` (tables and figures from those files). A cell another
+command holds (its cell lock) is waited for and reused, never run twice; a failed
+cell is reported with its directory and first error line and the others go on.
+
 Progress: a line per finished cell on stderr -- cells done / total, the cell's
 outcome, time elapsed and an estimate of the time left (the mean time of the cells
-trained so far, times the cells left) -- and a bar when a terminal watches
-(:func:`mambarec_pyg.utils.progress`).
+trained so far, times the cells left, divided by the workers) -- and a bar when a
+terminal watches (:func:`mambarec_pyg.utils.progress`).
 
 Per-user test metrics (for the paired significance tests) are computed from each
 cell's best checkpoint once and kept in ``per_user_test.npz`` beside it.
