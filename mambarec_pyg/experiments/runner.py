@@ -363,6 +363,38 @@ class Runner:
             results[i] = self._shared(cells[i], results[j])
         return [results[i] for i in range(len(cells))]
 
+    def _train(self, cell: Cell, directory: Path) -> CellResult:
+        """Run ``cell`` here, now (no executor, no progress line): its result, or a
+        ``'failed'`` one with the error's first line (the traceback in
+        ``DIR/error.txt``).
+
+        Raises:
+            ConfigError: the options (every run would meet it).
+            RunDirectoryBusy: another process holds the cell or its run directory.
+        """
+        from ..errors import RunDirectoryBusy
+        from ..train.executors import run_cell
+        task = self.task(cell)
+        task.directory = str(directory)
+        out = run_cell(task)
+        status = out.get('status')
+        if status == 'config_error':
+            raise ConfigError(out.get('error') or 'other settings')
+        if status == 'busy':
+            raise RunDirectoryBusy(out.get('error') or f'{directory} is in use')
+        if status == 'interrupted':
+            return CellResult(cell, directory, 'interrupted')
+        if status == 'failed' or 'record' not in out:
+            return self._failed(cell, directory, out)
+        return _from_saved(cell, directory, out['record'],
+                           reused=bool(out.get('reused')))
+
+    def _failed(self, cell: Cell, directory: Path, out: Dict[str, Any]) -> CellResult:
+        error = out.get('error') or 'failed'
+        if (directory / 'error.txt').is_file():
+            error += f' (traceback: {_rel(directory / "error.txt", self.root)})'
+        return CellResult(cell, directory, 'failed', error=error)
+
     def _shared(self, cell: Cell, shared: CellResult) -> CellResult:
         res = CellResult(**{**shared.__dict__, 'cell': cell,
                             'shared_with': _rel(shared.directory, self.root)})
@@ -381,10 +413,7 @@ class Runner:
             raise KeyboardInterrupt
         spent = float(out.get('spent') or 0.0)
         if status == 'failed' or 'record' not in out:
-            error = out.get('error') or 'failed'
-            if (directory / 'error.txt').is_file():
-                error += f' (traceback: {_rel(directory / "error.txt", self.root)})'
-            res = CellResult(cell, directory, 'failed', error=error)
+            res = self._failed(cell, directory, out)
             self.missing.append(res)
             self._finish_cell(res, spent)
             return res

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from ..errors import ConfigError, MambaRecError, RunDirectoryBusy
+from .. import errors
+from ..errors import ConfigError, RunDirectoryBusy
 from .rundir import RunLock
 
 __all__ = ['Task', 'run_cell', 'finished_outcome', 'CellLock', 'ExecutorOptions', 'Executor',
@@ -178,7 +179,8 @@ def _train(task: Task, config, directory: Path, start: float) -> Dict[str, Any]:
                      data=data, **extra)
     except (ConfigError, RunDirectoryBusy):
         raise
-    except (MambaRecError, RuntimeError, ValueError, OSError, ImportError) as e:
+    except (errors.MambaRecError, RuntimeError, ValueError, OSError,
+            ImportError) as e:
         # one failed run (a diverged loss, data a model cannot take, a checkpoint it
         # cannot resume from, out of memory) is reported, its traceback kept beside
         # it; the other runs go on
