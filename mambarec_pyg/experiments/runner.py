@@ -234,7 +234,8 @@ class Runner:
         total: cells expected in all (for the progress line); grows if more are run.
         per_user: compute per-user test metrics right after each run.
         log: where progress lines go (default: stderr; nothing when quiet).
-        group: the name of the group of runs in the trackers (the experiment).
+        group: the name of the group of runs in the trackers (default: the output
+            directory's name).
         executor: runs the cells (default: the one ``setup.executor`` names, made on
             first use).
     """
@@ -284,7 +285,7 @@ class Runner:
     def executor(self) -> Executor:
         if self._executor is None:
             self._executor = make_executor(self.setup.executor,
-                                           self.root / 'slurm', f'mambarec-{self.group}')
+                                           self.root / 'slurm', f'mambarec-{self.root.name}')
             self.say(f'executor: {self._executor.describe()}')
         return self._executor
 
@@ -585,7 +586,7 @@ class Experiment:
         setup.output.mkdir(parents=True, exist_ok=True)
         started = time.strftime('%Y-%m-%d %H:%M:%S')
         runner = Runner(setup, self.planned_total(setup), per_user=self.per_user,
-                        group=self.name)
+                        group=f'{self.name} {setup.output.resolve()}')
         runner.say(f'{self.name}: {self.title} -- {runner.total} runs in '
                    f'{setup.output}')
         try:

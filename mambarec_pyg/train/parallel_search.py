@@ -75,7 +75,7 @@ class _Points:
         cfg = self.config.with_overrides(dict(values))
         return Task(key=name, directory=str(self.out / name), config=cfg.to_dict(),
                     log=self.log,
-                    group=self.out.name, log_dir=str(self.out) if self.log else None)
+                    group=f'search {self.out.resolve()}', log_dir=str(self.out) if self.log else None)
 
     def run(self, points: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
         """Run ``points`` (``{'name', 'values'}``); returns their records."""

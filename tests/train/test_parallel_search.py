@@ -137,7 +137,7 @@ def test_tensorboard_and_mlflow_write_every_epoch(tmp_path):
     assert steps == [h['epoch'] for h in record['history']]
     import mlflow
     client = mlflow.MlflowClient(tracking_uri=(out / 'mlruns').resolve().as_uri())
-    experiment = client.get_experiment_by_name(out.name)
+    experiment = client.get_experiment_by_name(f'search {out.resolve()}')
     runs = client.search_runs([experiment.experiment_id])
     assert [r.info.run_name for r in runs] == [name]
     run = runs[0]
