@@ -238,3 +238,49 @@ def test_bad_executor_options_stop_before_any_run(tmp_path, capsys):
                  '--output', str(out), '--workers', '0']) == 2
     assert '--workers: expected a positive integer, got 0' in capsys.readouterr().err
     assert not (out / 'runs').exists()
+
+
+# ---------------------------------------------------------------------------------
+# Devices, threads and the Slurm options
+# ---------------------------------------------------------------------------------
+def test_each_local_worker_gets_one_gpu_or_a_share_of_the_cores(monkeypatch):
+    import queue
+    from mambarec_pyg.train import executors
+    slots = queue.Queue()
+    for slot in range(3):
+        slots.put(slot)
+    seen = []
+    for _ in range(3):  # three pool processes starting, two GPUs
+        monkeypatch.delenv('CUDA_VISIBLE_DEVICES', raising=False)
+        executors._init_worker(slots, ['3', '5'])
+        seen.append(os.environ['CUDA_VISIBLE_DEVICES'])
+    assert seen == ['3', '5', '3']
+    monkeypatch.setattr(executors, 'cpu_cores', lambda: 16)
+    assert executors.LocalExecutor(4, devices=[]).threads == 4
+    assert executors.LocalExecutor(32, devices=[]).threads == 1
+    assert executors.LocalExecutor(4, devices=['0', '1']).threads == 0  # GPUs
+    assert executors.LocalExecutor(1, devices=[]).threads == 0  # today's behaviour
+
+
+def test_the_slurm_options_reach_the_sbatch_script(tmp_path, monkeypatch):
+    pytest.importorskip('submitit')
+    from mambarec_pyg.train.executors import SlurmExecutor
+    fake = tmp_path / 'bin'
+    fake.mkdir()
+    (fake / 'srun').write_text('#!/bin/sh\nexit 1\n')
+    (fake / 'srun').chmod(0o755)  # submitit looks for srun to know it is on Slurm
+    monkeypatch.setenv('PATH', f'{fake}{os.pathsep}{os.environ["PATH"]}')
+    options = ExecutorOptions(kind='slurm', workers=16, slurm_partition='gpu',
+                              slurm_time=360, slurm_gpus=1, slurm_cpus=4,
+                              slurm_mem_gb=32, slurm_account='lab',
+                              slurm_extra={'qos': 'high'})
+    executor = SlurmExecutor(tmp_path / 'logs', options, 'mambarec-t2')
+    script = executor.executor._executor._make_submission_file_text('python x', 'id')
+    for line in ('--partition=gpu', '--time=360', '--gpus-per-node=1',
+                 '--cpus-per-task=4', '--mem=32GB', '--account=lab', '--qos=high',
+                 '--job-name=mambarec-t2'):
+        assert f'#SBATCH {line}\n' in script, line
+    assert executor.threads == 0  # a GPU task: the run picks its device
+    from mambarec_pyg.errors import ConfigError
+    with pytest.raises(ConfigError, match='--slurm-time'):
+        ExecutorOptions(kind='slurm', slurm_time=0)
