@@ -373,8 +373,9 @@ def _init_worker(slots, devices) -> None:
 
 class RayExecutor(Executor):
     """Ray tasks: a local cluster with ``workers`` CPUs (``ray.init()``), or the
-    cluster at ``address`` (then ``workers`` tasks in flight); one GPU per task where
-    the cluster has GPUs."""
+    cluster at ``address`` (then ``workers`` tasks in flight, each reserving the
+    cluster's CPUs / ``workers``); one GPU per task where the cluster has GPUs.
+    Every node needs ``mambarec_pyg`` importable and the data at the same path."""
 
     def __init__(self, workers: int = 1, address: Optional[str] = None) -> None:
         try:
@@ -399,7 +400,9 @@ class RayExecutor(Executor):
         self.gpu = gpus > 0
         cpus = int(ray.cluster_resources().get('CPU', 1))
         self.threads = 0 if self.gpu else max(1, cpus // max(1, workers))
-        self._remote = ray.remote(num_cpus=1, num_gpus=1 if self.gpu else 0,
+        # a task reserves the CPUs its run's threads use (one with a GPU)
+        self._remote = ray.remote(num_cpus=1 if self.gpu else self.threads,
+                                  num_gpus=1 if self.gpu else 0,
                                   max_retries=0)(run_cell)
 
     def describe(self) -> str:
