@@ -11,8 +11,9 @@ loopback port; ``--clients`` concurrent clients (16) then send
    ``POST /recommend``;
 
 every answer is checked (status 200, ``k`` items for a known user). Prints
-throughput, p50 / p90 / p99 latency, errors and the server's resident memory, and
-writes ``benchmarks/results/serve.json``.
+throughput, p50 / p90 / p99 latency, errors and the server's resident memory at the
+start and the end, the rows of the README's Serving table, and writes
+``benchmarks/results/serve.json`` (``serve-quick.json`` with ``--quick``).
 
 ``--soak`` then runs the soak test (``tests/serve/test_soak.py``, marked slow): five
 minutes of load with a new export reloaded every 30 s, zero failures and flat memory
@@ -24,7 +25,9 @@ idle machine.
 
     python benchmarks/serve.py                 # Baby scale, ~5-10 minutes on 2 cores
     python benchmarks/serve.py --quick         # tiny preset, a few hundred requests
-    python benchmarks/serve.py --soak          # + the 5-minute soak
+    python benchmarks/serve.py --soak          # + the 5-minute soak (the README)
+    python benchmarks/serve.py --quick --soak  # everything, small, a 10 s soak
+    python benchmarks/serve.py --model itemknncbf  # a content-kNN (sparse) export
 """
 from __future__ import annotations
 
@@ -123,8 +126,10 @@ def main() -> dict:
             results['soak'] = soak(args)
     from mambarec_pyg.train.checkpoint import environment
     results['environment'] = environment()
-    out = Path(args.out or REPO / 'benchmarks' / 'results' / 'serve.json')
+    name = 'serve-quick.json' if args.quick else 'serve.json'
+    out = Path(args.out or REPO / 'benchmarks' / 'results' / name)
     write_json(out, results)
+    print(readme_rows(results))
     print(f'wrote {out}')
     if results['single']['errors'] or results['batch']['errors'] or (
             args.soak and not results['soak'].get('passed')):
@@ -158,6 +163,37 @@ def report(what: str, result) -> None:
         print(f'    {failure}')
 
 
+def readme_rows(results: dict) -> str:
+    """The rows of the README's Serving table, and its memory line."""
+    def row(what, d):
+        if not d or 'throughput_rps' not in d:
+            return f'| {what} | not run | | | |'
+        return (f"| {what} | {d['throughput_rps']:,.0f} requests/s | "
+                f"{d['p50_ms']:.1f} ms | {d['p99_ms']:.1f} ms | {d['errors']} |")
+
+    k = results['k']
+    lines = [f"README rows ({results['preset']}, {results['model']}, "
+             f"{results['clients']} clients):",
+             row(f"{results['single']['requests']:,} single users, `k={k}`",
+                 results['single']),
+             row(f"{results['batch']['requests']:,} batches of "
+                 f"{results['batch']['batch_size']} users, `k={k}`",
+                 results['batch'])]
+    memory = (f"Server memory (RSS): {results['rss_start_mib']} MiB at start, "
+              f"{results['rss_end_mib']} MiB after the load")
+    s = results.get('soak')
+    if s is not None:
+        lines.append(row(f"soak: {s.get('seconds', 0) / 60:.1f} minutes, a reload "
+                         f"every {s.get('reload_seconds', 0):g} s (`--soak`)"
+                         + ('' if s.get('passed') else ' FAILED'), s))
+        if 'rss_start_mib' in s:
+            memory += (f"; soak {s['rss_start_mib']:.0f} MiB at start, "
+                       f"{s['rss_end_mib']:.0f} MiB at the end (median first third "
+                       f"{s['rss_early_mib']:.0f}, last third "
+                       f"{s['rss_late_mib']:.0f}, max {s['rss_max_mib']:.0f})")
+    return '\n'.join(lines + [memory + '.'])
+
+
 def soak(args) -> dict:
     """Run tests/serve/test_soak.py (marked slow) with this benchmark's settings."""
     with tempfile.NamedTemporaryFile(suffix='.json', delete=False) as f:
@@ -183,6 +219,7 @@ def soak(args) -> dict:
     finally:
         os.unlink(report_path)
     figures['passed'] = code == 0
+    figures['reload_seconds'] = args.reload_seconds
     print(f"soak: {'passed' if code == 0 else 'FAILED'}: "
           f"{figures.get('requests', 0):,} requests, {figures.get('errors')} errors, "
           f"{figures.get('reloads')} reloads, RSS {figures.get('rss_early_mib', 0):.0f}"

@@ -83,10 +83,17 @@ class DataConfig:
     root: str = 'data'
     #: an MMRec dataset: ``root/dataset/dataset.inter`` plus ``*_feat.npy``.
     dataset: Optional[str] = None
-    #: a synthetic preset: tiny, baby, sports, clothing.
+    #: a synthetic preset: tiny, baby, sports, clothing, or the large clothing-x10,
+    #: clothing-x100 (10x / 100x Clothing, generated in bounded memory).
     synthetic: Optional[str] = None
     #: seed of the synthetic data.
     synthetic_seed: int = 0
+    #: width of the image block of clothing-x10 / clothing-x100; 0: the preset's
+    #: (4096 at 10x, 512 at 100x).
+    synthetic_image_dim: int = 0
+    #: width of the text block of clothing-x10 / clothing-x100; 0: the preset's
+    #: (384).
+    synthetic_text_dim: int = 0
     #: modalities to use, by name (``image``, ``text``, ...); ``None`` = all found;
     #: an empty list = none (for models that use no item features).
     modalities: Optional[Tuple[str, ...]] = None
@@ -94,9 +101,38 @@ class DataConfig:
     #: reported). Without it, a dataset with no validation interactions stops with
     #: an error.
     allow_no_valid: bool = False
+    #: how the item-item kNN graphs are searched: exact (blocked products, the
+    #: default), faiss (exact, faiss IndexFlatIP), hnsw or ivf (approximate, for
+    #: catalogs of millions); all but exact need faiss-cpu (the scale extra).
+    knn_backend: str = 'exact'
+    #: knn_backend hnsw: links per node.
+    knn_hnsw_m: int = 32
+    #: knn_backend hnsw: candidate list length while building the index.
+    knn_hnsw_ef_construction: int = 200
+    #: knn_backend hnsw: candidate list length of a search.
+    knn_hnsw_ef_search: int = 128
+    #: knn_backend ivf: k-means cells; 0: ceil(4 sqrt(items)).
+    knn_ivf_nlist: int = 0
+    #: knn_backend ivf: cells searched per item.
+    knn_ivf_nprobe: int = 32
+    #: faiss threads of the kNN search; 0: faiss's default (an hnsw index is then
+    #: built on one thread, reproducibly; more threads build it faster but not
+    #: reproducibly).
+    knn_threads: int = 0
+    #: reduce every modality wider than this to its first feature_dim principal
+    #: components, once, before training (cached with the graphs); 0: raw features.
+    feature_dim: int = 0
+    #: storage of the feature tables: float32, or float16 (half the memory).
+    feature_dtype: str = 'float32'
 
     def __post_init__(self) -> None:
         check_finite('data', self)
+        from .data.knn import KNNBackend
+        KNNBackend.from_config(self)  # checks the kNN options
+        check_choice('data.feature_dtype', self.feature_dtype, ('float32', 'float16'))
+        check_nonnegative_int('data.feature_dim', self.feature_dim)
+        check_nonnegative_int('data.synthetic_image_dim', self.synthetic_image_dim)
+        check_nonnegative_int('data.synthetic_text_dim', self.synthetic_text_dim)
         if self.dataset is None and self.synthetic is None:
             raise ConfigError("data: set either 'dataset' (an MMRec directory under "
                               "'root') or 'synthetic' (a preset name)")
@@ -147,6 +183,14 @@ class TrainConfig:
     batch_size: int = 2048
     #: users scored at a time in evaluation.
     eval_batch_size: int = 4096
+    #: items scored at a time in evaluation, with a running top-K per user (bounds
+    #: the scores held to eval_batch_size x (eval_item_block + K) for catalogs of
+    #: millions); 0: all items at once.
+    eval_item_block: int = 0
+    #: validate during training on a fixed random sample of this many validation
+    #: users (drawn once from the seed; faster model selection on large data); 0:
+    #: every user. The test split is always evaluated over every user.
+    valid_users: int = 0
     #: Adam learning rate.
     lr: float = 1e-3
     #: Adam weight decay (an L2 term on every parameter, as MMRec's Adam);
@@ -202,6 +246,8 @@ class TrainConfig:
                               f'{self.num_threads!r}')
         for name in ('batch_size', 'eval_batch_size', 'max_epochs'):
             check_positive_int(f'train.{name}', getattr(self, name))
+        for name in ('eval_item_block', 'valid_users'):
+            check_nonnegative_int(f'train.{name}', getattr(self, name))
         for name in ('patience', 'patience_warmup'):
             if getattr(self, name) < 0:
                 raise ConfigError(f'train.{name}: expected an integer >= 0, got '

@@ -285,3 +285,18 @@ def plain_cooccurrence_loss(model, user, item, batch, reg_weight):
     if len(model.modalities) > 1:
         reg = reg + model.user_weight.pow(2).mean()
     return bpr, reg_weight * reg
+
+
+def itemknn_weights(data, k: int = 10, shrink: float = 10.0) -> np.ndarray:
+    """ItemKNNCBF's item-item weights W ``[N, N]`` from the data, in numpy: the
+    shrunk cosine of the concatenated item features, each row's top ``k`` (ties: the
+    lower id), zeros elsewhere."""
+    x = np.concatenate([data['item'][m].double().numpy() for m in data.modalities],
+                       axis=1)
+    n = np.linalg.norm(x, axis=1)
+    sim = (x @ x.T) / (n[:, None] * n[None, :] + shrink)
+    W = np.zeros_like(sim)
+    for i in range(len(sim)):
+        top = np.argsort(-sim[i], kind='stable')[:k]
+        W[i, top] = sim[i, top]
+    return W

@@ -13,6 +13,8 @@ from typing import Any, Dict, Optional
 from torch_geometric.data import HeteroData
 
 from ..config import DataConfig, to_dict
+from .features import FeatureReduction
+from .knn import KNNBackend
 from .mmrec import load_mmrec
 from .synthetic import synthetic_dataset
 
@@ -21,12 +23,28 @@ __all__ = ['load_dataset', 'data_spec']
 
 def load_dataset(config: DataConfig, verbose: bool = False) -> HeteroData:
     """Load the dataset described by ``config`` (``dataset`` wins over
-    ``synthetic``), restricted to ``config.modalities`` when given."""
+    ``synthetic``), restricted to ``config.modalities`` when given.
+
+    Features are stored in ``config.feature_dtype`` and, with
+    ``config.feature_dim``, reduced by PCA
+    (:class:`~mambarec_pyg.data.features.FeatureReduction`). A kNN backend other
+    than exact (``config.knn_backend``) is recorded as
+    ``data.knn_backend``, where :class:`~mambarec_pyg.data.ItemKNN` finds it."""
     if config.dataset is not None:
-        return load_mmrec(config.root, config.dataset, modalities=config.modalities,
-                          verbose=verbose)
-    return synthetic_dataset(config.synthetic, seed=config.synthetic_seed,
-                             modalities=config.modalities, verbose=verbose)
+        data = load_mmrec(config.root, config.dataset, modalities=config.modalities,
+                          verbose=verbose, feature_dtype=config.feature_dtype)
+    else:
+        data = synthetic_dataset(config.synthetic, seed=config.synthetic_seed,
+                                 modalities=config.modalities, verbose=verbose,
+                                 feature_dtype=config.feature_dtype,
+                                 image_dim=config.synthetic_image_dim,
+                                 text_dim=config.synthetic_text_dim)
+    if config.feature_dim:
+        data = FeatureReduction(config.feature_dim)(data)
+    backend = KNNBackend.from_config(config)
+    if not backend.exact:
+        data.knn_backend = backend
+    return data
 
 
 def data_spec(config: DataConfig, data: Optional[HeteroData] = None

@@ -254,9 +254,10 @@ def _check_features(features: Tensor, k: int, where: str) -> Tensor:
 
 
 def knn_edges(features: Tensor, k: int = 10, weighting: str = 'similarity', *,
-              chunk_size: Optional[int] = None) -> Tuple[Tensor, Tensor]:
+              chunk_size: Optional[int] = None, backend=None) -> Tuple[Tensor, Tensor]:
     r"""The normalised kNN item-item graph as an edge list (see
-    :func:`item_item_graph` for the definition).
+    :func:`item_item_graph` for the definition; ``backend`` as in
+    :func:`knn_neighbours`).
 
     Returns:
         ``(edge_index [2, N k], edge_weight [N k])`` in PyG's convention:
@@ -268,13 +269,14 @@ def knn_edges(features: Tensor, k: int = 10, weighting: str = 'similarity', *,
     if weighting not in WEIGHTINGS:
         raise DataError(f"knn_edges: weighting: expected one of "
                         f"{', '.join(map(repr, WEIGHTINGS))}, got {weighting!r}")
-    row, col, value = _knn_sym_normalized(features, k, chunk_size, weighting)
+    row, col, value = _knn_sym_normalized(features, k, chunk_size, weighting, backend)
     return torch.stack([col, row]), value
 
 
 def item_item_graph(features: Tensor, k: int = 10, *, weighting: str = 'similarity',
                     dtype: Optional[torch.dtype] = None, layout: str = 'auto',
-                    chunk_size: Optional[int] = None) -> Union[Tensor, SparseTensor]:
+                    chunk_size: Optional[int] = None,
+                    backend=None) -> Union[Tensor, SparseTensor]:
     r"""The normalised k-nearest-neighbour item-item graph of one modality.
 
     With :math:`s_{ij} = \frac{x_i^\top x_j}{\|x_i\| \|x_j\|}` the cosine similarity
@@ -312,16 +314,19 @@ def item_item_graph(features: Tensor, k: int = 10, *, weighting: str = 'similari
         dtype: value dtype of the result (default: the features' floating dtype).
         layout: see :func:`to_sparse`. (default: ``'auto'``)
         chunk_size: rows per similarity block (default: about 8M entries a block).
+        backend: how the neighbours are searched (:func:`knn_neighbours`; default
+            exact).
     """
     features = _check_features(features, k, 'item_item_graph')
-    edge_index, value = knn_edges(features, k, weighting, chunk_size=chunk_size)
+    edge_index, value = knn_edges(features, k, weighting, chunk_size=chunk_size,
+                                  backend=backend)
     num_items = features.size(0)
     return to_sparse(edge_index[1], edge_index[0], value.to(dtype or features.dtype),
                      (num_items, num_items), layout)
 
 
 def knn_neighbours(features: Tensor, k: int, chunk_size: Optional[int] = None,
-                   shrink: float = 0.0) -> Tuple[Tensor, Tensor, Tensor]:
+                   shrink: float = 0.0, backend=None) -> Tuple[Tensor, Tensor, Tensor]:
     r"""Each row's ``k`` most similar rows (itself included), without gradient:
     ``(row [N k], col [N k], similarity [N k])`` sorted by row, then column.
 
@@ -331,7 +336,14 @@ def knn_neighbours(features: Tensor, k: int, chunk_size: Optional[int] = None,
     rows at a time (default: about 8M entries a block), so no :math:`N \times N`
     matrix is held; an all-zero row has similarity 0 to every row; ties are broken
     by the lower column.
+
+    ``backend``: a :class:`~mambarec_pyg.data.knn.KNNBackend` (or its name); ``None``
+    or ``'exact'`` is the blocked product above, the others search with faiss
+    (:mod:`mambarec_pyg.data.knn`; cosine only, no ``shrink``).
     """
+    from .knn import KNNBackend, faiss_neighbours, normalize_rows
+    if isinstance(backend, str):
+        backend = KNNBackend(backend)
     x = features.detach()
     n = x.size(0)
     norm = x.norm(dim=1, keepdim=True)
@@ -339,28 +351,41 @@ def knn_neighbours(features: Tensor, k: int, chunk_size: Optional[int] = None,
         xn = x
     else:
         # Zero rows stay zero: similarity 0 to everything instead of 0/0.
-        xn = torch.where(norm > 0, x / norm.clamp(min=torch.finfo(x.dtype).tiny),
-                         torch.zeros_like(x))
+        xn = normalize_rows(x)
     if chunk_size is None:
         chunk_size = max(1, min(n, (1 << 23) // max(n, 1)))
-    cols, vals = [], []
-    for start in range(0, n, chunk_size):
-        sim = xn[start:start + chunk_size] @ xn.t()
-        if shrink:
-            sim = sim / (norm[start:start + chunk_size] * norm.t() + shrink)
-        col, val = _topk_lowest_index(sim, k)
-        cols.append(col)
-        vals.append(val)
+
+    def exact_rows(rows: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+        # rows None: all of them, as slices (the default path)
+        cols, vals = [], []
+        for start in range(0, n if rows is None else rows.numel(), chunk_size):
+            r = slice(start, start + chunk_size) if rows is None else \
+                rows[start:start + chunk_size]
+            sim = xn[r] @ xn.t()
+            if shrink:
+                sim = sim / (norm[r] * norm.t() + shrink)
+            col, val = _topk_lowest_index(sim, k)
+            cols.append(col)
+            vals.append(val)
+        return torch.cat(cols), torch.cat(vals)
+
     row = torch.arange(n, device=x.device).repeat_interleave(k)
-    return row, torch.cat(cols), torch.cat(vals)
+    if backend is not None and not backend.exact:
+        if shrink:
+            raise DataError(f'knn_neighbours: shrink={shrink} needs the exact backend, '
+                            f'got {backend.name!r}')
+        cols, sims = faiss_neighbours(xn, k, backend, exact_rows)
+        return row, cols.reshape(-1), sims.reshape(-1)
+    col, val = exact_rows(None)
+    return row, col, val
 
 
 def _knn_sym_normalized(features: Tensor, k: int, chunk_size: Optional[int],
-                        weighting: str = 'similarity'):
+                        weighting: str = 'similarity', backend=None):
     """COO triplets (sorted by row, then column) of the normalised kNN graph; values
     in float64."""
     n = features.size(0)
-    row, col, sim = knn_neighbours(features, k, chunk_size)
+    row, col, sim = knn_neighbours(features, k, chunk_size, backend=backend)
     weight = sim.double()
     if weighting == 'binary':
         weight = torch.ones_like(weight)

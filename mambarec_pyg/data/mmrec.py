@@ -81,7 +81,7 @@ _MAX_ID_FACTOR = 10
 # ---------------------------------------------------------------------------------
 def load_mmrec(root: PathLike, name: str,
                modalities: Optional[Sequence[str]] = None,
-               verbose: bool = False) -> HeteroData:
+               verbose: bool = False, feature_dtype: str = 'float32') -> HeteroData:
     r"""Load the MMRec dataset ``root/name/`` as a :class:`HeteroData`.
 
     Args:
@@ -92,6 +92,8 @@ def load_mmrec(root: PathLike, name: str,
             ``None`` loads every ``*_feat.npy`` in sorted order (``('image', 'text')``
             for the paper's files).
         verbose: print the dataset summary (:func:`~mambarec_pyg.data.summarize`).
+        feature_dtype: ``'float32'`` (default) or ``'float16'`` (half the memory of
+            the feature tables; see :func:`read_features`).
 
     Returns:
         ``data`` with ``data['user'].num_nodes = U``, ``data['item'].num_nodes = N``,
@@ -145,7 +147,8 @@ def load_mmrec(root: PathLike, name: str,
     data['user'].num_nodes = num_users
     data['item'].num_nodes = num_items
     for modality, path in feature_files.items():
-        data['item'][modality] = read_features(path, num_items, inter.name)
+        data['item'][modality] = read_features(path, num_items, inter.name,
+                                               dtype=feature_dtype)
     data.modalities = tuple(feature_files)
 
     has_train = np.zeros(num_users, dtype=bool)
@@ -243,10 +246,17 @@ def _read_inter(path: Path) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     return users, items, labels
 
 
-def read_features(path: PathLike, num_items: int, inter_name: str = '.inter') -> Tensor:
-    """Read ``<modality>_feat.npy`` as a float32 ``[num_items, D]`` tensor.
+FEATURE_DTYPES = ('float32', 'float16')
 
-    The array is memory-mapped and copied once, converting to float32 on the way.
+
+def read_features(path: PathLike, num_items: int, inter_name: str = '.inter',
+                  dtype: str = 'float32') -> Tensor:
+    """Read ``<modality>_feat.npy`` as a float32 (or, ``dtype='float16'``,
+    float16) ``[num_items, D]`` tensor.
+
+    The array is memory-mapped and copied once, converting to ``dtype`` on the way
+    (so a float16 table never exists in float32 in memory; a value beyond float16's
+    range, about 65504, is refused as non-finite).
     Finiteness is checked through one float64 sum (any NaN or inf makes it non-finite,
     and float32 values cannot overflow a float64 sum); only then are rows inspected.
     """
@@ -276,15 +286,22 @@ def read_features(path: PathLike, num_items: int, inter_name: str = '.inter') ->
     if array.shape[1] == 0:
         raise DataError(f'{path.name}: found 0 columns (shape {tuple(array.shape)}); '
                         f'expected at least one feature per item')
-    features = torch.from_numpy(np.array(array, dtype=np.float32, order='C'))
+    if dtype not in FEATURE_DTYPES:
+        raise DataError(f"feature dtype: expected one of {', '.join(FEATURE_DTYPES)}, "
+                        f"got {dtype!r}")
+    with np.errstate(over='ignore'):  # float16 overflow: refused just below
+        features = torch.from_numpy(np.array(array, dtype=np.dtype(dtype),
+                                              order='C'))
     del array
     if not torch.isfinite(features.sum(dtype=torch.float64)):
         bad = ~torch.isfinite(features).all(dim=1)
         if bad.any():
             rows = bad.nonzero().view(-1)
-            raise DataError(f'{path.name}: {rows.numel()} rows contain NaN or inf '
-                            f'(first bad row: {int(rows[0])}); expected finite '
-                            f'features')
+            range_hint = (' (or values beyond float16\'s range, about 65504: use '
+                          'float32 features)' if dtype == 'float16' else '')
+            raise DataError(f'{path.name}: {rows.numel()} rows contain NaN or inf'
+                            f'{range_hint} (first bad row: {int(rows[0])}); expected '
+                            f'finite features')
     return features
 
 

@@ -114,9 +114,11 @@ def _preset(preset: Union[str, SyntheticPreset]) -> SyntheticPreset:
         p = PRESETS[preset]
     else:
         from ..utils import did_you_mean
+        from .scaled import SCALED_PRESETS
+        names = [*PRESETS, *SCALED_PRESETS]
         raise DataError(f'synthetic preset {preset!r} unknown'
-                        f'{did_you_mean(str(preset), PRESETS)}; available: '
-                        f"{', '.join(PRESETS)}")
+                        f'{did_you_mean(str(preset), names)}; available: '
+                        f"{', '.join(names)}")
     u, n, e = p.num_users, p.num_items, p.num_interactions
     if u < 1 or n < MIN_DEGREE + 1 or e < MIN_DEGREE * max(u, n):
         raise DataError(f'synthetic preset: {e} interactions cannot give each of {u} '
@@ -348,27 +350,50 @@ def write_synthetic(preset: str = 'tiny', seed: int = 0,
 def synthetic_dataset(preset: str = 'tiny', seed: int = 0,
                       root: Union[str, os.PathLike, None] = None,
                       modalities: Optional[Sequence[str]] = None,
-                      verbose: bool = False) -> HeteroData:
+                      feature_dtype: str = 'float32',
+                      verbose: bool = False, image_dim: int = 0,
+                      text_dim: int = 0) -> HeteroData:
     """The synthetic dataset ``preset``, read through
     :func:`~mambarec_pyg.data.load_mmrec` from ``root/synthetic-<preset>-<seed>/``.
 
     The files are generated only when that directory is not already complete (its
     manifest matches this preset, seed and generator version, and every file is
     present with the expected shape); ``root`` defaults to
-    :func:`default_cache_root`. ``modalities`` and ``verbose`` are passed to
-    :func:`~mambarec_pyg.data.load_mmrec`. The result carries ``data['item'].topic``.
+    :func:`default_cache_root`. ``modalities``, ``verbose`` and ``feature_dtype``
+    are passed to :func:`~mambarec_pyg.data.load_mmrec`. The result carries
+    ``data['item'].topic``.
+
+    The large presets (``clothing-x10``, ``clothing-x100``:
+    :mod:`mambarec_pyg.data.scaled`) are generated in bounded memory, with the
+    feature widths ``image_dim`` / ``text_dim`` (0: the preset's).
     """
-    p = _preset(preset)
+    from .scaled import SCALED_PRESETS, is_scaled_complete, scaled_preset, write_scaled
     root = Path(root) if root is not None else default_cache_root()
-    name = f'synthetic-{preset}-{seed}'
+    if preset in SCALED_PRESETS:
+        sp = scaled_preset(preset, image_dim, text_dim)
+        name = f'synthetic-{preset}-{seed}-{sp.image_dim}x{sp.text_dim}'
+        complete = lambda: is_scaled_complete(root / name, sp, seed)  # noqa: E731
+        write = lambda overwrite: write_scaled(sp, root, name, seed,  # noqa: E731
+                                               overwrite=overwrite)
+    else:
+        if image_dim or text_dim:
+            raise DataError(f'data.synthetic_image_dim / synthetic_text_dim: only '
+                            f"the large presets ({', '.join(SCALED_PRESETS)}) take "
+                            f'feature widths; {preset!r} has fixed ones')
+        p = _preset(preset)
+        name = f'synthetic-{preset}-{seed}'
+        complete = lambda: _is_complete(root / name, preset, seed, p)  # noqa: E731
+        write = lambda overwrite: write_synthetic(  # noqa: E731
+            preset, seed, root, overwrite=overwrite)
     directory = root / name
-    if not _is_complete(directory, preset, seed, p):
+    if not complete():
         try:
-            write_synthetic(preset, seed, root, overwrite=directory.exists())
+            write(directory.exists())
         except FileExistsError:  # written concurrently by another process
-            if not _is_complete(directory, preset, seed, p):
+            if not complete():
                 raise
-    data = load_mmrec(root, name, modalities=modalities, verbose=verbose)
+    data = load_mmrec(root, name, modalities=modalities, verbose=verbose,
+                      feature_dtype=feature_dtype)
     data['item'].topic = torch.from_numpy(
         np.load(directory / TOPIC_FILE, allow_pickle=False).astype(np.int64))
     return data

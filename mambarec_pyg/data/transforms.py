@@ -56,6 +56,7 @@ from .graphs import (WEIGHTINGS, denoised_knn_edges, knn_edges,
                      principal_graph_edges, sparse_from_edges, user_cooccurrence_edges,
                      user_item_weights)
 from .index import UI, training_index
+from .knn import KNNBackend
 
 __all__ = ['GraphTransform', 'UserItemNorm', 'ItemKNN', 'UserCooccurrence',
            'PrincipalGraph', 'principal_relation', 'ItemCooccurrence',
@@ -202,16 +203,37 @@ class ItemKNN(GraphTransform):
             (FREEDOM). (default: ``'similarity'``)
         modalities (sequence of str, optional): which modalities (default: all of
             ``data.modalities``).
+        backend (KNNBackend or str, optional): how the neighbours are searched
+            (:mod:`mambarec_pyg.data.knn`). ``None`` (default): the data's
+            ``knn_backend`` (set by :func:`~mambarec_pyg.data.load_dataset` from
+            ``data.knn_backend`` and its parameters), else exact. The graph's
+            relation name does not depend on it (models find the graph the same
+            way); the cache key does, for every backend but ``exact``.
     """
 
     def __init__(self, k: int = 10, weighting: str = 'similarity',
-                 modalities: Optional[Sequence[str]] = None) -> None:
+                 modalities: Optional[Sequence[str]] = None,
+                 backend: Union[None, str, KNNBackend] = None) -> None:
         if weighting not in WEIGHTINGS:
             raise ValueError(f"ItemKNN: weighting: expected one of "
                              f"{', '.join(map(repr, WEIGHTINGS))}, got {weighting!r}")
         self.k = int(k)
         self.weighting = weighting
         self.modalities = None if modalities is None else tuple(modalities)
+        self.backend = KNNBackend(backend) if isinstance(backend, str) else backend
+
+    def knn_backend(self, data) -> KNNBackend:
+        """The backend used on ``data`` (this transform's, else the data's, else
+        exact)."""
+        backend = self.backend or getattr(data, 'knn_backend', None)
+        return backend if isinstance(backend, KNNBackend) else KNNBackend()
+
+    def cache_key(self, data) -> str:
+        key = super().cache_key(data)
+        backend = self.knn_backend(data)
+        if backend.exact:  # as before backends existed: old caches stay valid
+            return key
+        return hashlib.sha256(f'{key}|knn={backend.key()}'.encode()).hexdigest()
 
     def _modalities(self, data) -> Tuple[str, ...]:
         available = tuple(getattr(data, 'modalities', None) or ())
@@ -239,7 +261,8 @@ class ItemKNN(GraphTransform):
     def compute(self, data):
         out = {}
         for m in self._modalities(data):
-            edge_index, weight = knn_edges(data['item'][m], self.k, self.weighting)
+            edge_index, weight = knn_edges(data['item'][m], self.k, self.weighting,
+                                           backend=self.knn_backend(data))
             out[self.edge_type(m)] = {'edge_index': edge_index,
                                       'edge_weight': weight}
         return out
@@ -364,6 +387,11 @@ class DenoisedItemKNN(ItemKNN):
 
     def __init__(self, k: int = 10, modalities: Optional[Sequence[str]] = None) -> None:
         super().__init__(k, 'binary', modalities)
+
+    def knn_backend(self, data) -> KNNBackend:
+        """Always exact: the candidates depend on every pair's similarity (the mean
+        over all pairs), which no nearest-neighbour index gives."""
+        return KNNBackend()
 
     def relation(self, modality: str) -> str:
         return denoised_knn_relation(modality, self.k)

@@ -80,7 +80,18 @@ from ..ranking import rank_items
 from ..utils import eval_view
 
 __all__ = ['Recommender', 'check_data', 'SparseGraphs', 'user_item_matrices',
-           'edge_matrix', 'as_csr']
+           'edge_matrix', 'as_csr', 'feature_table']
+
+
+def feature_table(x, dtype: torch.dtype, trainable: bool = True) -> torch.nn.Parameter:
+    """A raw feature table ``x`` as a model parameter in ``dtype``: a trainable
+    copy, or (``trainable=False``) a frozen parameter that shares ``x``'s memory
+    when ``x`` already has that dtype on the CPU (no gradient, no optimizer state,
+    no second copy of the table)."""
+    x = x.detach().cpu().to(dtype)
+    if trainable:
+        return torch.nn.Parameter(x.clone())
+    return torch.nn.Parameter(x, requires_grad=False)
 
 
 def check_data(data, who: str = 'model') -> Tuple[int, int, Tuple[str, ...]]:

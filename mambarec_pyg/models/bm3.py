@@ -86,7 +86,7 @@ from ..data.sampling import BPRBatch
 from ..data.transforms import UserItemNorm
 from ..nn.conv import LightGCNPropagation
 from ..nn.losses import emb_loss
-from .base import Recommender, SparseGraphs, user_item_matrices
+from .base import Recommender, SparseGraphs, feature_table, user_item_matrices
 from .registry import register
 
 __all__ = ['BM3', 'BM3Config']
@@ -96,6 +96,10 @@ __all__ = ['BM3', 'BM3Config']
 class BM3Config(ModelConfig):
     """BM3 (MMRec's ``BM3.yaml``; defaults: the official README's Baby row)."""
 
+    #: raw feature tables are trainable parameters (as released); false freezes
+    #: them (no gradient and no optimizer state: a third of their memory at
+    #: most, and the frozen tables share the data's memory).
+    trainable_features: bool = True
     #: width d of the ID embeddings, the modality projections and the predictor.
     embedding_size: int = 64
     #: LightGCN layers L on the user-item graph (grid [1, 2]).
@@ -161,7 +165,7 @@ class BM3(Recommender):
         self.user_embedding = torch.nn.Embedding(self.num_users, d)
         self.item_embedding = torch.nn.Embedding(self.num_items, d)
         self.features = torch.nn.ParameterDict({
-            m: torch.nn.Parameter(data['item'][m].detach().cpu().to(dtype).clone())
+            m: feature_table(data['item'][m], dtype, self.config.trainable_features)
             for m in self.modalities})
         self.projections = torch.nn.ModuleDict({
             m: torch.nn.Linear(self.features[m].size(1), d) for m in self.modalities})

@@ -98,8 +98,8 @@ from ..data.sampling import BPRBatch
 from ..data.transforms import ItemKNN, UserItemNorm
 from ..nn.conv import LightGCNPropagation, WeightedPropagation
 from ..nn.losses import bpr_loss
-from ..nn.pruning import degree_sensitive_sample, num_kept_edges, pruned_adjacency
-from .base import Recommender, SparseGraphs, user_item_matrices
+from ..nn.pruning import DegreeSensitivePruning
+from .base import Recommender, SparseGraphs, feature_table, user_item_matrices
 from .registry import register
 
 __all__ = ['FREEDOM', 'FREEDOMConfig', 'modality_weights', 'mixed_item_graph']
@@ -112,6 +112,10 @@ _DEGREE_EPS = 1e-7
 class FREEDOMConfig(ModelConfig):
     """FREEDOM (MMRec's ``FREEDOM.yaml``)."""
 
+    #: raw feature tables are trainable parameters (as released); false freezes
+    #: them (no gradient and no optimizer state: a third of their memory at
+    #: most, and the frozen tables share the data's memory).
+    trainable_features: bool = True
     #: width d of the ID embeddings and of the modality projections.
     embedding_size: int = 64
     #: hops L_mm of the frozen item-item graph (h = S^L_mm E_i).
@@ -206,7 +210,7 @@ class FREEDOM(Recommender):
         self.user_embedding = torch.nn.Embedding(self.num_users, d)
         self.item_embedding = torch.nn.Embedding(self.num_items, d)
         self.features = torch.nn.ParameterDict({
-            m: torch.nn.Parameter(data['item'][m].detach().cpu().to(dtype).clone())
+            m: feature_table(data['item'][m], dtype, c.trainable_features)
             for m in self.modalities})
         self.projections = torch.nn.ModuleDict({
             m: torch.nn.Linear(self.features[m].size(1), d) for m in self.modalities})
@@ -218,11 +222,7 @@ class FREEDOM(Recommender):
         self.graphs.set('adj', adj, transpose=False)  # symmetric
         self.graphs.set('item_graph', self._mixed_item_graph(data, dtype))
         # The distinct training pairs and their sampling weights 1/sqrt(d_u d_i).
-        crow = r_hat.crow_indices()
-        users = torch.repeat_interleave(torch.arange(self.num_users), crow.diff())
-        self.register_buffer('edge_user', users, persistent=False)
-        self.register_buffer('edge_item', r_hat.col_indices().clone(), persistent=False)
-        self.register_buffer('edge_weight', r_hat.values().clone(), persistent=False)
+        self.pruning = DegreeSensitivePruning(r_hat, c.dropout, _DEGREE_EPS)
         self.reset_parameters()
         device = data['user', 'interacts', 'item'].edge_index.device
         if device.type != 'cpu':
@@ -241,32 +241,12 @@ class FREEDOM(Recommender):
             self.projections[m].reset_parameters()
 
     # -- degree-sensitive edge pruning -------------------------------------------------
-    @property
-    def num_kept_edges(self) -> int:
-        """:math:`\\lfloor |E| (1 - p) \\rfloor` (computed like MMRec, at least 1)."""
-        return num_kept_edges(self.edge_weight.numel(), self.config.dropout)
-
-    def sample_edges(self, generator: Optional[torch.Generator] = None) -> Tensor:
-        """Ids (into :attr:`edge_user` / :attr:`edge_item`) of the kept edges, drawn
-        without replacement with probability proportional to
-        :math:`1/\\sqrt{d_u d_i}`, in ascending order."""
-        return degree_sensitive_sample(self.edge_weight, self.num_kept_edges, generator)
-
-    def pruned_adjacency(self, keep: Tensor) -> Tensor:
-        """The re-normalised, mirrored ``[U+N, U+N]`` CSR adjacency of the kept
-        edges ``keep``."""
-        return pruned_adjacency(self.edge_user[keep], self.edge_item[keep],
-                                self.num_users, self.num_items, _DEGREE_EPS,
-                                self.user_embedding.weight.dtype)
-
     def on_epoch_start(self, epoch: int) -> None:
-        """Prune the user-item graph for this epoch (the generator's seed is drawn
-        from the global torch RNG)."""
+        """Prune the user-item graph for this epoch (:attr:`pruning`; the generator's
+        seed is drawn from the global torch RNG)."""
         if self.config.dropout <= 0.0:
             return None
-        seed = int(torch.randint(0, 2**62, (1, )).item())
-        generator = torch.Generator(device=self.edge_weight.device).manual_seed(seed)
-        self.graphs.set('pruned', self.pruned_adjacency(self.sample_edges(generator)),
+        self.graphs.set('pruned', self.pruning(self.user_embedding.weight.dtype),
                         transpose=False)
         return None
 

@@ -94,7 +94,7 @@ from ..data.transforms import ItemKNN, UserItemNorm
 from ..nn.conv import LightGCNPropagation, WeightedPropagation, transpose_sparse
 from ..nn.functional import normalize_rows
 from ..nn.mmgcn_conv import mean_adjacency
-from .base import Recommender, SparseGraphs
+from .base import Recommender, SparseGraphs, feature_table
 from .registry import register
 
 __all__ = ['LATTICE', 'LATTICEConfig', 'self_loop_mean_adjacency']
@@ -119,6 +119,10 @@ def self_loop_mean_adjacency(data, dtype: Optional[torch.dtype] = None) -> Tenso
 class LATTICEConfig(ModelConfig):
     """LATTICE (MMRec's ``LATTICE.yaml``)."""
 
+    #: raw feature tables are trainable parameters (as released); false freezes
+    #: them (no gradient and no optimizer state: a third of their memory at
+    #: most, and the frozen tables share the data's memory).
+    trainable_features: bool = True
     #: width d of the ID embeddings and of the modality projections.
     embedding_size: int = 64
     #: hops L_mm of the item-item graph G (h = G^L_mm E_i).
@@ -200,7 +204,7 @@ class LATTICE(Recommender):
         self.user_embedding = torch.nn.Embedding(self.num_users, d)
         self.item_embedding = torch.nn.Embedding(self.num_items, d)
         self.features = torch.nn.ParameterDict({
-            m: torch.nn.Parameter(data['item'][m].detach().cpu().to(dtype).clone())
+            m: feature_table(data['item'][m], dtype, c.trainable_features)
             for m in self.modalities})
         self.projections = torch.nn.ModuleDict({
             m: torch.nn.Linear(self.features[m].size(1), d) for m in self.modalities})

@@ -69,8 +69,7 @@ from ..config import ModelConfig, check_positive_int, check_range
 from ..data.sampling import BPRBatch
 from ..data.transforms import UserItemNorm
 from ..nn.conv import LightGCNConv
-from ..nn.pruning import (degree_sensitive_sample, num_kept_edges, pruned_adjacency,
-                          uniform_sample)
+from ..nn.pruning import DegreeSensitivePruning, uniform_sample
 from .base import Recommender, SparseGraphs, user_item_matrices
 from .registry import register
 
@@ -133,11 +132,7 @@ class LayerGCN(Recommender):
         adj, r_hat = user_item_matrices(data)
         self.graphs.set('adj', adj, transpose=False)  # symmetric
         # The distinct training pairs and their sampling weights 1/sqrt(d_u d_i).
-        crow = r_hat.crow_indices()
-        users = torch.repeat_interleave(torch.arange(self.num_users), crow.diff())
-        self.register_buffer('edge_user', users, persistent=False)
-        self.register_buffer('edge_item', r_hat.col_indices().clone(), persistent=False)
-        self.register_buffer('edge_weight', r_hat.values().clone(), persistent=False)
+        self.pruning = DegreeSensitivePruning(r_hat, self.config.dropout, _DEGREE_EPS)
         self.reset_parameters()
         device = data['user', 'interacts', 'item'].edge_index.device
         if device.type != 'cpu':
@@ -148,20 +143,15 @@ class LayerGCN(Recommender):
         torch.nn.init.xavier_uniform_(self.item_embedding.weight)
 
     # -- pruning -----------------------------------------------------------------------
-    @property
-    def num_kept_edges(self) -> int:
-        """:math:`\\lfloor |E| (1 - p) \\rfloor` (at least 1)."""
-        return num_kept_edges(self.edge_weight.numel(), self.config.dropout)
-
     def sample_edges(self, epoch: int,
                      generator: Optional[torch.Generator] = None) -> Tensor:
-        """Ids of the edges kept in ``epoch``: degree-sensitive in even epochs,
-        uniform in odd ones, in ascending order."""
+        """Ids (into :attr:`pruning`'s edges) of the edges kept in ``epoch``:
+        degree-sensitive in even epochs, uniform in odd ones, in ascending order."""
         if epoch % 2 == 0:
-            return degree_sensitive_sample(self.edge_weight, self.num_kept_edges,
-                                           generator)
-        return uniform_sample(self.edge_weight.numel(), self.num_kept_edges, generator,
-                              device=self.edge_weight.device)
+            return self.pruning.sample(generator)
+        edges = self.pruning.edge_weight
+        return uniform_sample(edges.numel(), self.pruning.num_kept, generator,
+                              device=edges.device)
 
     def on_epoch_start(self, epoch: int) -> None:
         """Prune the user-item graph for ``epoch`` (the generator's seed is drawn from
@@ -169,12 +159,10 @@ class LayerGCN(Recommender):
         if self.config.dropout <= 0.0:
             return None
         seed = int(torch.randint(0, 2**62, (1, )).item())
-        generator = torch.Generator(device=self.edge_weight.device).manual_seed(seed)
-        keep = self.sample_edges(epoch, generator)
-        self.graphs.set('pruned', pruned_adjacency(
-            self.edge_user[keep], self.edge_item[keep], self.num_users,
-            self.num_items, _DEGREE_EPS, self.user_embedding.weight.dtype),
-            transpose=False)
+        generator = torch.Generator(device=self.pruning.edge_weight.device)
+        keep = self.sample_edges(epoch, generator.manual_seed(seed))
+        self.graphs.set('pruned', self.pruning.adjacency(
+            keep, self.user_embedding.weight.dtype), transpose=False)
         return None
 
     def user_item_graph(self) -> Tensor:

@@ -61,6 +61,9 @@ class MGCNConfig(ModelConfig):
     cl_weight: float = 0.01
     #: sparse propagation: ``'fused'`` or ``'pyg'`` (see MambaRecConfig).
     propagation: str = 'fused'
+    #: raw feature tables are trainable parameters (as released); false freezes
+    #: them (no gradient and no optimizer state; they share the data's memory).
+    trainable_features: bool = True
 
     GRID: ClassVar[Dict[str, list]] = {'model.cl_weight': [0.001, 0.01, 0.1]}
 
@@ -96,7 +99,8 @@ class MGCN(MultiViewRecommender):
             variant='reference', embedding_size=c.embedding_size,
             ui_layers=c.n_ui_layers, ii_layers=c.n_layers, knn_k=c.knn_k,
             reduction_factor=1, reduced_modalities=(), dream=False, layer_norm=False,
-            dropout=0.0, trainable_features=True, reg_weight=c.reg_weight, cl=True,
+            dropout=0.0, trainable_features=c.trainable_features,
+            reg_weight=c.reg_weight, cl=True,
             cl_weight=c.cl_weight, cl_temperature=0.2, cl_warmup_epochs=0, mmd=False,
             mmd_term=False, mmd_weight=0.0, mmd_bandwidth=1.0,
             propagation=c.propagation, fusion_rows='batch', compose_projection=True)

@@ -166,7 +166,8 @@ class MultiViewRecommender(Recommender):
         # Keep the data's tensors to re-initialise the tables in reset_parameters().
         self._initial_features = _Shared(features)
         self.features = _Tables(
-            {m: features[m].to(dtype).clone() for m in modalities},
+            {m: features[m].to(dtype).clone() if spec.trainable_features
+             else features[m].to(dtype) for m in modalities},
             trainable=spec.trainable_features)
 
         dims = {m: features[m].size(1) for m in modalities}

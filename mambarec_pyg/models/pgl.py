@@ -105,7 +105,7 @@ from ..data.transforms import ItemKNN, PrincipalGraph, UserItemNorm
 from ..nn.conv import LightGCNPropagation, WeightedPropagation
 from ..nn.losses import bpr_loss, info_nce
 from ..nn.pruning import DegreeSensitivePruning
-from .base import Recommender, SparseGraphs, user_item_matrices
+from .base import Recommender, SparseGraphs, feature_table, user_item_matrices
 from .freedom import mixed_item_graph
 from .registry import register
 
@@ -124,6 +124,10 @@ DATASET_DEFAULTS: Dict[str, Dict[str, Any]] = {
 class PGLConfig(ModelConfig):
     """PGL (MMRec's ``PGL.yaml``; defaults: the official Baby log)."""
 
+    #: raw feature tables are trainable parameters (as released); false freezes
+    #: them (no gradient and no optimizer state: a third of their memory at
+    #: most, and the frozen tables share the data's memory).
+    trainable_features: bool = True
     #: width d of each modality's user embeddings and projected features.
     embedding_size: int = 64
     #: LightGCN layers on the user-item graph (layer mean).
@@ -198,7 +202,7 @@ class PGL(Recommender):
         self.user_embeddings = torch.nn.ModuleDict({
             m: torch.nn.Embedding(self.num_users, d) for m in self.modalities})
         self.features = torch.nn.ParameterDict({
-            m: torch.nn.Parameter(data['item'][m].detach().cpu().to(dtype).clone())
+            m: feature_table(data['item'][m], dtype, c.trainable_features)
             for m in self.modalities})
         self.projections = torch.nn.ModuleDict({
             m: Linear(self.features[m].size(1), d) for m in self.modalities})

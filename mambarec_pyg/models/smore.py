@@ -112,7 +112,8 @@ from ..data.transforms import ItemKNN, UserItemNorm, apply_transforms
 from ..nn.conv import LightGCNPropagation, WeightedPropagation
 from ..nn.losses import bpr_loss, info_nce
 from ..nn.spectral import SpectralFilter
-from .base import Recommender, SparseGraphs, edge_matrix, user_item_matrices
+from .base import (Recommender, SparseGraphs, edge_matrix, feature_table,
+                   user_item_matrices)
 from .registry import register
 
 __all__ = ['SMORE', 'SMOREConfig', 'SMOREOutput', 'DATASET_DEFAULTS']
@@ -135,6 +136,10 @@ DATASET_DEFAULTS: Dict[str, Dict[str, Any]] = {
 class SMOREConfig(ModelConfig):
     """SMORE (MMRec's ``SMORE.yaml``; defaults: the official README's Baby values)."""
 
+    #: raw feature tables are trainable parameters (as released); false freezes
+    #: them (no gradient and no optimizer state: a third of their memory at
+    #: most, and the frozen tables share the data's memory).
+    trainable_features: bool = True
     #: width d of the ID embeddings and of the projected modality features.
     embedding_size: int = 64
     #: LightGCN layers of the content view (layer mean).
@@ -247,7 +252,7 @@ class SMORE(Recommender):
         self.user_embedding = torch.nn.Embedding(self.num_users, d)
         self.item_embedding = torch.nn.Embedding(self.num_items, d)
         self.features = torch.nn.ParameterDict({
-            m: torch.nn.Parameter(data['item'][m].detach().cpu().to(dtype).clone())
+            m: feature_table(data['item'][m], dtype, c.trainable_features)
             for m in mods})
         self.projections = torch.nn.ModuleDict({
             m: Linear(self.features[m].size(1), d) for m in mods})

@@ -134,7 +134,11 @@ class DegreeSensitivePruning(torch.nn.Module):
             seed = int(torch.randint(0, 2**62, (1, )).item())
             generator = torch.Generator(device=self.edge_weight.device)
             generator.manual_seed(seed)
-        keep = self.sample(generator)
+        return self.adjacency(self.sample(generator), dtype)
+
+    def adjacency(self, keep: Tensor, dtype: Optional[torch.dtype] = None) -> Tensor:
+        """The re-normalised, mirrored adjacency of the edges ``keep`` (ids into
+        :attr:`edge_user` / :attr:`edge_item`, e.g. from :meth:`sample`)."""
         return pruned_adjacency(self.edge_user[keep], self.edge_item[keep],
                                 self.num_users, self.num_items, self.eps, dtype)
 

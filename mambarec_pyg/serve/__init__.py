@@ -1,10 +1,11 @@
 """Serving: export a trained model, then answer recommendation requests over HTTP.
 
 * :mod:`~mambarec_pyg.serve.export` -- :func:`export_model` writes the final
-  embeddings, each user's training items, item popularity, external id maps and a
-  manifest, published atomically; :func:`load_export` reads one back;
+  embeddings (or, for content-based item kNN, the item-item weights: score function
+  ``sparse_dot``), each user's training items, item popularity, external id maps and
+  a manifest, published atomically; :func:`load_export` reads one back;
 * :mod:`~mambarec_pyg.serve.index` -- exact blocked top-k by inner product, or faiss
-  (flat or HNSW);
+  (flat or HNSW); exact sparse sums for ``sparse_dot``;
 * :mod:`~mambarec_pyg.serve.service` -- requests to answers over an immutable
   snapshot, with atomic reload;
 * :mod:`~mambarec_pyg.serve.app` -- the FastAPI app and ``mambarec serve`` (extra
@@ -26,6 +27,7 @@ _EXPORTS = {
     'Export': 'mambarec_pyg.serve.export',
     'ExportError': 'mambarec_pyg.serve.export',
     'ExactIndex': 'mambarec_pyg.serve.index',
+    'SparseDotIndex': 'mambarec_pyg.serve.index',
     'FaissIndex': 'mambarec_pyg.serve.index',
     'Service': 'mambarec_pyg.serve.service',
     'RequestError': 'mambarec_pyg.serve.service',

@@ -6,6 +6,7 @@ Endpoints (every answer and every error is JSON):
 ``GET /recommend``          ``?user=ID&k=20&exclude_seen=true``: one user's top-k
 ``POST /recommend``         ``{"users": [ID, ...], "k": 20, "exclude_seen": true}``
 ``GET /similar``            ``?item=ID&k=20``: items by cosine of item embeddings
+                            (a ``sparse_dot`` export: by the item-item weights)
 ``GET /health``             status, export id, model, sizes, uptime
 ``GET /metadata``           the export's manifest and the serving options
 ``POST /reload``            load the export the directory names now (also SIGHUP;

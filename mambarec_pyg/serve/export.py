@@ -25,6 +25,15 @@ graphs or torch:
                                       have them (MMRec's u_id_mapping.csv and
                                       i_id_mapping.csv)
 
+An export of score function ``'sparse_dot'`` (below) holds, in place of the two
+embedding files, the item-item weights :math:`\mathbf{W}` ``[N, N]`` as CSR:
+
+::
+
+        similarity_rowptr.npy         int64 [N + 1]  row i: the items j with a
+        similarity_items.npy          int64 [S]      weight W[i, j], sorted per row
+        similarity_values.npy         float32 [S]    and their weights
+
 A version directory is assembled under a temporary name and renamed into
 ``versions/`` when complete (:func:`mambarec_pyg.io.atomic_directory`); publishing it
 is one atomic ``rename`` of a new ``current`` link over the old one. A reader
@@ -32,12 +41,25 @@ resolves ``current`` once and reads only that version's files, so a running serv
 never sees half an export, and a reader that resolved the old link still finds the
 previous version (the newest ``keep`` versions are kept; older ones are removed).
 
-The manifest's ``score_function`` is ``'dot'`` (the inner product above; the
-embeddings of most-popular ranking are ones for every user and the training count
-per item, so its ranking is an inner product too). A model whose class overrides
-:meth:`~mambarec_pyg.models.base.Recommender.recommend` or
-:meth:`~mambarec_pyg.models.base.Recommender.score` may rank by something else and
-is refused rather than exported wrongly.
+The manifest's ``score_function`` says how a user's scores are computed:
+
+* ``'dot'``: the inner product above (the embeddings of most-popular ranking are ones
+  for every user and the training count per item, so its ranking is an inner
+  product too); ``embedding_dim`` is the width :math:`d`;
+* ``'sparse_dot'``: :math:`s(u, j) = \sum_{i \in \mathcal{I}_u} \mathbf{W}_{ij}`,
+  the user's row of the training matrix (``seen_rowptr``, ``seen_items``, binary)
+  times the item-item weights -- a model whose :meth:`embed
+  <mambarec_pyg.models.base.Recommender.embed>` returns sparse matrices
+  :math:`(\mathbf{R}, \mathbf{W}^\top)` with :math:`\mathbf{R}` the binary
+  training interactions (content-based item kNN, ``itemknncbf``); its ranking is
+  the same inner product, done sparsely. ``embedding_dim`` is ``null`` and
+  ``similarity`` gives the number of weights.
+
+A model whose class overrides
+:meth:`~mambarec_pyg.models.base.Recommender.recommend` may rank by something else
+and is refused rather than exported wrongly; one that overrides
+:meth:`~mambarec_pyg.models.base.Recommender.score` is exported only when its scores
+of a sample of pairs equal the export's score function.
 """
 from __future__ import annotations
 
@@ -59,14 +81,15 @@ from ..io import atomic_directory
 __all__ = ['FORMAT', 'SCORE_FUNCTIONS', 'Export', 'ExportError', 'export_model',
            'write_export', 'load_export', 'resolve_export', 'read_id_maps',
            'interactions_fingerprint', 'data_fingerprint', 'checkpoint_info',
-           'list_versions', 'check_target']
+           'list_versions', 'check_target', 'sparse_dot_scores', 'SCORE_ARRAYS']
 
 PathLike = Union[str, os.PathLike]
 
 #: Format of the manifest and the files (``manifest['format']``).
 FORMAT = 'mambarec_pyg.export/1'
-#: Score functions an export may declare: ``'dot'``, :math:`\langle e_u, e_i\rangle`.
-SCORE_FUNCTIONS = ('dot', )
+#: Score functions an export may declare: ``'dot'``, :math:`\langle e_u, e_i\rangle`;
+#: ``'sparse_dot'``, the user's training row times the item-item weights.
+SCORE_FUNCTIONS = ('dot', 'sparse_dot')
 #: The link naming the published version, and the folder of versions.
 CURRENT = 'current'
 VERSIONS = 'versions'
@@ -80,6 +103,16 @@ ARRAYS: Dict[str, Tuple[str, str, int]] = {
     'seen_rowptr': ('seen_rowptr.npy', 'int64', 1),
     'seen_items': ('seen_items.npy', 'int64', 1),
     'item_popularity': ('item_popularity.npy', 'int64', 1),
+    'similarity_rowptr': ('similarity_rowptr.npy', 'int64', 1),
+    'similarity_items': ('similarity_items.npy', 'int64', 1),
+    'similarity_values': ('similarity_values.npy', 'float32', 1),
+}
+#: The arrays each score function's export holds.
+SCORE_ARRAYS: Dict[str, Tuple[str, ...]] = {
+    'dot': ('user_embeddings', 'item_embeddings', 'seen_rowptr', 'seen_items',
+            'item_popularity'),
+    'sparse_dot': ('similarity_rowptr', 'similarity_items', 'similarity_values',
+                   'seen_rowptr', 'seen_items', 'item_popularity'),
 }
 
 
@@ -98,19 +131,25 @@ class Export:
     Attributes:
         path: the version directory it was read from.
         manifest: the parsed ``manifest.json``.
-        user_embeddings, item_embeddings: float32 ``[U, d]`` and ``[N, d]``.
         seen_rowptr, seen_items: each user's training items as CSR (int64).
         item_popularity: int64 ``[N]``, distinct training users per item.
+        user_embeddings, item_embeddings: float32 ``[U, d]`` and ``[N, d]``
+            (score function ``'dot'``; ``None`` otherwise).
+        similarity_rowptr, similarity_items, similarity_values: the item-item
+            weights as CSR (score function ``'sparse_dot'``; ``None`` otherwise).
         user_ids, item_ids: external ids by internal id, or ``None``.
     """
 
     path: Path
     manifest: Dict[str, Any]
-    user_embeddings: np.ndarray
-    item_embeddings: np.ndarray
     seen_rowptr: np.ndarray
     seen_items: np.ndarray
     item_popularity: np.ndarray
+    user_embeddings: Optional[np.ndarray] = None
+    item_embeddings: Optional[np.ndarray] = None
+    similarity_rowptr: Optional[np.ndarray] = None
+    similarity_items: Optional[np.ndarray] = None
+    similarity_values: Optional[np.ndarray] = None
     user_ids: Optional[Tuple[str, ...]] = None
     item_ids: Optional[Tuple[str, ...]] = None
 
@@ -120,15 +159,23 @@ class Export:
         return self.manifest['id']
 
     @property
+    def score_function(self) -> str:
+        """``'dot'`` or ``'sparse_dot'`` (the module docstring)."""
+        return self.manifest['score_function']
+
+    @property
     def num_users(self) -> int:
-        return int(self.user_embeddings.shape[0])
+        return int(self.seen_rowptr.shape[0] - 1)
 
     @property
     def num_items(self) -> int:
-        return int(self.item_embeddings.shape[0])
+        return int(self.item_popularity.shape[0])
 
     @property
-    def dim(self) -> int:
+    def dim(self) -> Optional[int]:
+        """The embedding width (``None`` for a ``'sparse_dot'`` export)."""
+        if self.item_embeddings is None:
+            return None
         return int(self.item_embeddings.shape[1])
 
     def seen(self, user: int) -> np.ndarray:
@@ -284,12 +331,11 @@ def export_model(model, data, output: PathLike, *, config: Any = None,
         raise ExportError(f'model: expected a mambarec_pyg Recommender, got '
                           f'{type(model).__name__}')
     cls = type(model)
-    for verb in ('recommend', 'score'):
-        if getattr(cls, verb) is not getattr(Recommender, verb):
-            raise ExportError(f'model {cls.name or cls.__name__!r} overrides '
-                              f'Recommender.{verb}: its ranking may not be the inner '
-                              f'product of eval_embeddings(), the only score function '
-                              f'an export supports ({", ".join(SCORE_FUNCTIONS)})')
+    if cls.recommend is not Recommender.recommend:
+        raise ExportError(f'model {cls.name or cls.__name__!r} overrides '
+                          f'Recommender.recommend: its ranking may not be the inner '
+                          f'product of eval_embeddings(), the only ranking an export '
+                          f'supports (score functions {", ".join(SCORE_FUNCTIONS)})')
     num_users, num_items = int(data['user'].num_nodes), int(data['item'].num_nodes)
     if (num_users, num_items) != (model.num_users, model.num_items):
         raise ExportError(f'data: {num_users} users and {num_items} items, but the '
@@ -297,10 +343,20 @@ def export_model(model, data, output: PathLike, *, config: Any = None,
                           f'{model.num_items}')
     with torch.no_grad():
         user, item = model.eval_embeddings()
-    user = user.detach().to('cpu', torch.float32).numpy()
-    item = item.detach().to('cpu', torch.float32).numpy()
     rowptr = model.train_rowptr.detach().cpu().numpy()
     seen = model.train_items.detach().cpu().numpy()
+    name = cls.name or cls.__name__
+    if user.is_sparse or item.is_sparse:
+        score_function = 'sparse_dot'
+        similarity = _similarity_csr(name, user, item, rowptr, seen)
+        arrays: Dict[str, Any] = dict(zip(('similarity_rowptr', 'similarity_items',
+                                           'similarity_values'), similarity))
+    else:
+        score_function = 'dot'
+        arrays = {'user_embeddings': user.detach().to('cpu', torch.float32).numpy(),
+                  'item_embeddings': item.detach().to('cpu', torch.float32).numpy()}
+    if cls.score is not Recommender.score:
+        _check_model_scores(model, name, score_function, arrays, rowptr, seen)
     popularity = training_index(data).item_degree.numpy()
     if id_maps == 'auto':
         user_ids, item_ids = read_id_maps(dataset_directory(data), num_users,
@@ -318,17 +374,99 @@ def export_model(model, data, output: PathLike, *, config: Any = None,
     elif config is not None and isinstance(config.get('data'), Mapping):
         data_info['spec'] = dict(config['data'])
     return write_export(
-        output, user, item, rowptr, seen, popularity,
-        model={'name': cls.name or cls.__name__,
+        output, arrays.get('user_embeddings'), arrays.get('item_embeddings'),
+        rowptr, seen, popularity,
+        similarity=(similarity if score_function == 'sparse_dot' else None),
+        score_function=score_function,
+        model={'name': name,
                'class': f'{cls.__module__}.{cls.__qualname__}'},
         config=config, data=data_info, checkpoint=checkpoint,
         user_ids=user_ids, item_ids=item_ids, overwrite=overwrite, keep=keep)
 
 
-def write_export(output: PathLike, user_embeddings: np.ndarray,
-                 item_embeddings: np.ndarray, seen_rowptr: np.ndarray,
+def _similarity_csr(name: str, user, item, rowptr: np.ndarray, seen: np.ndarray
+                    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The item-item weights :math:`\\mathbf{W}` as CSR ``(rowptr, items, values)``
+    from sparse embeddings ``(R [U, N], W^T [N, N])``, after checking that ``R`` is
+    the binary training matrix (the ``'sparse_dot'`` score function)."""
+    import torch
+    if not (user.is_sparse and item.is_sparse):
+        raise ExportError(f'model {name!r}: one of its embeddings is sparse and the '
+                          f'other dense; expected both dense (score function '
+                          f"'dot') or both sparse ('sparse_dot')")
+    U, N = rowptr.shape[0] - 1, int(item.shape[0])
+    if tuple(user.shape) != (U, N) or tuple(item.shape) != (N, N):
+        raise ExportError(f'model {name!r}: sparse embeddings of shapes '
+                          f'{tuple(user.shape)} and {tuple(item.shape)}; expected '
+                          f'[users, items] = [{U}, {N}] and [items, items] '
+                          f"(score function 'sparse_dot')")
+    r = user.detach().cpu().coalesce()
+    rows, cols = r.indices().numpy()
+    train_rows = np.repeat(np.arange(U), np.diff(rowptr))
+    order = np.lexsort((seen, train_rows))
+    if not (np.array_equal(rows, train_rows[order]) and
+            np.array_equal(cols, seen[order]) and bool((r.values() == 1).all())):
+        raise ExportError(f"model {name!r}: its sparse user embeddings are not the "
+                          f"binary training interactions, which score function "
+                          f"'sparse_dot' multiplies by the item-item weights")
+    w = item.detach().cpu().t().coalesce()  # W [N, N]: row i holds W[i, j]
+    w_rows, w_cols = w.indices().numpy()
+    values = w.values().to(torch.float32).numpy()
+    counts = np.bincount(w_rows, minlength=N)
+    w_rowptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return w_rowptr, w_cols.astype(np.int64), values
+
+
+def _check_model_scores(model, name: str, score_function: str,
+                        arrays: Mapping[str, np.ndarray], rowptr: np.ndarray,
+                        seen: np.ndarray, pairs: int = 256) -> None:
+    """Raise unless the model's own :meth:`score` (which its class overrides) equals
+    the export's score function on ``pairs`` pairs (users ``0, 1, ...`` in turn,
+    items drawn with a fixed seed)."""
+    U, N = rowptr.shape[0] - 1, int(model.num_items)
+    rng = np.random.default_rng(0)
+    users = np.resize(np.arange(U), pairs)
+    items = rng.integers(0, N, size=pairs)
+    want = np.asarray(model.score(users, items).detach().cpu().double().numpy())
+    if score_function == 'dot':
+        got = (arrays['user_embeddings'][users].astype(np.float64) *
+               arrays['item_embeddings'][items].astype(np.float64)).sum(axis=1)
+    else:
+        got = sparse_dot_scores(arrays['similarity_rowptr'],
+                                arrays['similarity_items'],
+                                arrays['similarity_values'], rowptr, seen, users,
+                                items)
+    if not np.allclose(got, want, rtol=1e-4, atol=1e-5):
+        bad = int(np.flatnonzero(~np.isclose(got, want, rtol=1e-4, atol=1e-5))[0])
+        raise ExportError(f'model {name!r} overrides Recommender.score and its score '
+                          f'of user {int(users[bad])}, item {int(items[bad])} is '
+                          f'{want[bad]:.6g}, but the export ({score_function!r}) '
+                          f'gives {got[bad]:.6g}; its ranking may not be one an '
+                          f'export can reproduce')
+
+
+def sparse_dot_scores(sim_rowptr: np.ndarray, sim_items: np.ndarray,
+                      sim_values: np.ndarray, seen_rowptr: np.ndarray,
+                      seen_items: np.ndarray, users: np.ndarray,
+                      items: np.ndarray) -> np.ndarray:
+    """Score function ``'sparse_dot'`` of the pairs ``(users[k], items[k])``, a plain
+    loop: :math:`\\sum_{i \\in \\mathcal{I}_u} \\mathbf{W}_{ij}` (float64)."""
+    out = np.zeros(len(users), dtype=np.float64)
+    for n, (u, j) in enumerate(zip(users, items)):
+        for i in seen_items[seen_rowptr[u]:seen_rowptr[u + 1]]:
+            row = slice(sim_rowptr[i], sim_rowptr[i + 1])
+            hit = sim_items[row] == j
+            out[n] += float(sim_values[row][hit].sum())
+    return out
+
+
+def write_export(output: PathLike, user_embeddings: Optional[np.ndarray],
+                 item_embeddings: Optional[np.ndarray], seen_rowptr: np.ndarray,
                  seen_items: np.ndarray, item_popularity: np.ndarray, *,
-                 model: Mapping[str, Any], config: Optional[Mapping[str, Any]] = None,
+                 model: Mapping[str, Any],
+                 similarity: Optional[Tuple[np.ndarray, np.ndarray,
+                                            np.ndarray]] = None,
+                 config: Optional[Mapping[str, Any]] = None,
                  data: Optional[Mapping[str, Any]] = None,
                  checkpoint: Optional[Mapping[str, Any]] = None,
                  user_ids: Optional[Sequence[str]] = None,
@@ -340,8 +478,10 @@ def write_export(output: PathLike, user_embeddings: np.ndarray,
 
     ``model`` names the model (``{'name': ..., 'class': ...}``); ``data`` is recorded
     with the numbers of users, items and training interactions and the
-    :func:`interactions_fingerprint` added. Every array is checked (dtype, shape,
-    finite values, ids in range) before anything is written.
+    :func:`interactions_fingerprint` added. Score function ``'dot'`` takes the two
+    embedding tables; ``'sparse_dot'`` takes ``None`` for them and ``similarity``,
+    the item-item weights as CSR ``(rowptr [N + 1], items, values)``. Every array is
+    checked (dtype, shape, finite values, ids in range) before anything is written.
     """
     output = Path(output)
     if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
@@ -349,16 +489,32 @@ def write_export(output: PathLike, user_embeddings: np.ndarray,
     if score_function not in SCORE_FUNCTIONS:
         raise ExportError(f'score_function: expected one of {SCORE_FUNCTIONS}, got '
                           f'{score_function!r}')
-    arrays = {'user_embeddings': user_embeddings, 'item_embeddings': item_embeddings,
-              'seen_rowptr': seen_rowptr, 'seen_items': seen_items,
-              'item_popularity': item_popularity}
-    arrays = {name: np.ascontiguousarray(value, dtype=ARRAYS[name][1])
-              for name, value in arrays.items()}
+    given = {'user_embeddings': user_embeddings, 'item_embeddings': item_embeddings,
+             'seen_rowptr': seen_rowptr, 'seen_items': seen_items,
+             'item_popularity': item_popularity}
+    if similarity is not None:
+        if not isinstance(similarity, (tuple, list)) or len(similarity) != 3:
+            raise ExportError('similarity: expected (rowptr, items, values), the '
+                              'item-item weights as CSR')
+        given.update(zip(('similarity_rowptr', 'similarity_items',
+                          'similarity_values'), similarity))
+    for name in ARRAYS:
+        value = given.get(name)
+        needed = name in SCORE_ARRAYS[score_function]
+        if needed and value is None:
+            raise ExportError(f'{name}: required by score function '
+                              f'{score_function!r}')
+        if not needed and value is not None:
+            raise ExportError(f'{name}: not part of an export of score function '
+                              f'{score_function!r} (expected None)')
+    arrays = {name: np.ascontiguousarray(given[name], dtype=ARRAYS[name][1])
+              for name in SCORE_ARRAYS[score_function]}
     _check_arrays(arrays, user_ids, item_ids, where='export')
     check_target(output, overwrite)
-    num_users, num_items, dim = (arrays['user_embeddings'].shape[0],
-                                 arrays['item_embeddings'].shape[0],
-                                 arrays['item_embeddings'].shape[1])
+    num_users = arrays['seen_rowptr'].shape[0] - 1
+    num_items = arrays['item_popularity'].shape[0]
+    dim = (int(arrays['item_embeddings'].shape[1]) if score_function == 'dot'
+           else None)
     created = _dt.datetime.now(_dt.timezone.utc)
     version = f'{created:%Y%m%dT%H%M%S.%f}Z-{secrets.token_hex(3)}'
     data_info = dict(data or {})
@@ -372,13 +528,17 @@ def write_export(output: PathLike, user_embeddings: np.ndarray,
         'format': FORMAT, 'id': version,
         'created_at': created.isoformat(timespec='seconds').replace('+00:00', 'Z'),
         'model': dict(model), 'config': config, 'checkpoint': checkpoint,
-        'data': data_info, 'embedding_dim': int(dim),
+        'data': data_info, 'embedding_dim': dim,
         'score_function': score_function,
         'ids': {'user': 'external' if user_ids is not None else 'internal',
                 'item': 'external' if item_ids is not None else 'internal'},
         'library': {'mambarec_pyg': __version__, 'numpy': np.__version__},
         'files': {},
     }
+    if score_function == 'sparse_dot':
+        manifest['similarity'] = {'num_weights': int(arrays['similarity_items'].size),
+                                  'max_per_item': int(np.diff(
+                                      arrays['similarity_rowptr']).max())}
     (output / VERSIONS).mkdir(parents=True, exist_ok=True)
     target = output / VERSIONS / version
     with atomic_directory(target) as tmp:
@@ -424,38 +584,41 @@ def _jsonable(obj: Any) -> Any:
 def _check_arrays(arrays: Dict[str, np.ndarray], user_ids, item_ids,
                   where: str) -> None:
     """Shapes, finiteness and id ranges of an export's arrays (``where``: the
-    directory, or ``'export'`` while writing)."""
+    directory, or ``'export'`` while writing); ``arrays`` holds those of one score
+    function (:data:`SCORE_ARRAYS`)."""
     def fail(name: str, what: str) -> None:
         file = ARRAYS[name][0] if name in ARRAYS else name
         raise ExportError(f'{where}: {file}: {what}')
 
-    for name, (_, _, ndim) in ARRAYS.items():
-        if arrays[name].ndim != ndim:
-            fail(name, f'expected {ndim} dimension(s), got shape '
-                       f'{tuple(arrays[name].shape)}')
-    user, item = arrays['user_embeddings'], arrays['item_embeddings']
-    U, N = user.shape[0], item.shape[0]
-    if N == 0:
-        fail('item_embeddings', 'expected at least one item')
-    if user.shape[1] != item.shape[1] or item.shape[1] == 0:
-        fail('user_embeddings', f'expected the width of the item embeddings '
-                                f'{item.shape[1]} (> 0), got shape {tuple(user.shape)}')
-    for name, emb in (('user_embeddings', user), ('item_embeddings', item)):
-        if not np.isfinite(emb.sum(dtype=np.float64)) or not np.isfinite(emb).all():
-            row = int(np.flatnonzero(~np.isfinite(emb).all(axis=1))[0])
-            fail(name, f'row {row} holds NaN or inf; expected finite embeddings')
+    for name, array in arrays.items():
+        if array.ndim != ARRAYS[name][2]:
+            fail(name, f'expected {ARRAYS[name][2]} dimension(s), got shape '
+                       f'{tuple(array.shape)}')
+    popularity = arrays['item_popularity']
     rowptr, seen = arrays['seen_rowptr'], arrays['seen_items']
-    if rowptr.shape[0] != U + 1 or rowptr[0] != 0 or rowptr[-1] != seen.shape[0] \
-            or (np.diff(rowptr) < 0).any():
-        fail('seen_rowptr', f'expected non-decreasing row pointers [U + 1 = {U + 1}] '
-                            f'from 0 to {seen.shape[0]}, got shape '
-                            f'{tuple(rowptr.shape)}')
+    U, N = rowptr.shape[0] - 1, popularity.shape[0]
+    if 'item_embeddings' in arrays:
+        user, item = arrays['user_embeddings'], arrays['item_embeddings']
+        U, N = user.shape[0], item.shape[0]
+        if N == 0:
+            fail('item_embeddings', 'expected at least one item')
+        if user.shape[1] != item.shape[1] or item.shape[1] == 0:
+            fail('user_embeddings', f'expected the width of the item embeddings '
+                                    f'{item.shape[1]} (> 0), got shape '
+                                    f'{tuple(user.shape)}')
+        for name, emb in (('user_embeddings', user), ('item_embeddings', item)):
+            if not np.isfinite(emb.sum(dtype=np.float64)) or \
+                    not np.isfinite(emb).all():
+                row = int(np.flatnonzero(~np.isfinite(emb).all(axis=1))[0])
+                fail(name, f'row {row} holds NaN or inf; expected finite embeddings')
+    _check_rowptr('seen_rowptr', rowptr, 'U', U, seen.shape[0], fail)
     if seen.size and (seen.min() < 0 or seen.max() >= N):
         fail('seen_items', f'expected item ids in [0, {N})')
-    popularity = arrays['item_popularity']
     if popularity.shape[0] != N or (popularity.size and popularity.min() < 0):
         fail('item_popularity', f'expected {N} non-negative counts, got shape '
                                 f'{tuple(popularity.shape)}')
+    if 'similarity_rowptr' in arrays:
+        _check_similarity(arrays, N, fail)
     for file, ids, n in ((USER_IDS, user_ids, U), (ITEM_IDS, item_ids, N)):
         if ids is None:
             continue
@@ -465,6 +628,43 @@ def _check_arrays(arrays: Dict[str, np.ndarray], user_ids, item_ids,
             fail(file, 'expected non-empty strings')
         if len(set(ids)) != n:
             fail(file, 'expected distinct external ids')
+
+
+def _check_rowptr(name: str, rowptr: np.ndarray, rows_name: str, rows: int,
+                  entries: int, fail) -> None:
+    """CSR row pointers of ``rows`` rows over ``entries`` entries."""
+    if rowptr.shape[0] != rows + 1 or rows < 0 or rowptr[0] != 0 or \
+            rowptr[-1] != entries or (np.diff(rowptr) < 0).any():
+        fail(name, f'expected non-decreasing row pointers [{rows_name} + 1 = '
+                   f'{rows + 1}] from 0 to {entries}, got shape {tuple(rowptr.shape)}')
+
+
+def _check_similarity(arrays: Dict[str, np.ndarray], N: int, fail) -> None:
+    """The item-item weights of a ``'sparse_dot'`` export: CSR ``[N, N]``, each row's
+    items strictly increasing, finite weights."""
+    rowptr = arrays['similarity_rowptr']
+    items, values = arrays['similarity_items'], arrays['similarity_values']
+    if N == 0:
+        fail('item_popularity', 'expected at least one item')
+    _check_rowptr('similarity_rowptr', rowptr, 'N', N, items.shape[0], fail)
+    if values.shape != items.shape:
+        fail('similarity_values', f'expected one weight per entry of '
+                                  f'similarity_items ({items.shape[0]}), got shape '
+                                  f'{tuple(values.shape)}')
+    if items.size and (items.min() < 0 or items.max() >= N):
+        fail('similarity_items', f'expected item ids in [0, {N})')
+    if items.size > 1:
+        row_of = np.repeat(np.arange(N), np.diff(rowptr))
+        step = np.diff(items)
+        same_row = row_of[1:] == row_of[:-1]
+        if (step[same_row] <= 0).any():
+            row = int(row_of[1:][same_row & (step <= 0)][0])
+            fail('similarity_items', f'row {row}: expected strictly increasing item '
+                                     f'ids within a row')
+    if not np.isfinite(values).all():
+        at = int(np.flatnonzero(~np.isfinite(values))[0])
+        fail('similarity_values', f'entry {at} is NaN or inf; expected finite '
+                                  f'weights')
 
 
 def check_target(output: PathLike, overwrite: bool) -> None:
@@ -594,7 +794,8 @@ def load_export(path: PathLike, verify: bool = True) -> Export:
                           f"(expected one of {SCORE_FUNCTIONS})")
     files = manifest['files']
     arrays = {}
-    for name, (file, dtype, _) in ARRAYS.items():
+    for name in SCORE_ARRAYS[manifest['score_function']]:
+        file, dtype, _ = ARRAYS[name]
         raw = _read_file(directory, file, files, verify)
         try:
             array = np.load(io.BytesIO(raw), allow_pickle=False)
@@ -620,7 +821,8 @@ def load_export(path: PathLike, verify: bool = True) -> Export:
                 raise ExportError(f'{directory / file}: expected a JSON list of ids')
             ids[file] = tuple(values)
     _check_arrays(arrays, ids[USER_IDS], ids[ITEM_IDS], where=str(directory))
-    if arrays['item_embeddings'].shape[1] != manifest['embedding_dim']:
+    if 'item_embeddings' in arrays and \
+            arrays['item_embeddings'].shape[1] != manifest['embedding_dim']:
         raise ExportError(f"{manifest_path}: embedding_dim "
                           f"{manifest['embedding_dim']} differs from the embeddings' "
                           f"width {arrays['item_embeddings'].shape[1]}")

@@ -12,6 +12,12 @@ fewer than :math:`k` candidates gets all of them.
   :math:`-\infty`, takes each row's best :math:`k` by a partial sort (a tie group
   cut by the :math:`k`-th place completed by the smallest ids) and sorts them
   (:func:`top_k`).
+* :class:`SparseDotIndex` is the exact index of score function ``'sparse_dot'``
+  (content-based item kNN): a user's scores :math:`s_{uj} = \sum_{i \in
+  \mathcal{I}_u} \mathbf{W}_{ij}` sum the rows of the sparse item-item weights
+  :math:`\mathbf{W}` (CSR) over the user's training items, for a block of users at a
+  time, then rank as :class:`ExactIndex` does; its item-to-item answers are the
+  stored weights of the item's row.
 * :class:`FaissIndex` asks faiss (``faiss-cpu``) for the best :math:`k + |X_b|`
   items -- exact with ``IndexFlatIP``, approximate with ``IndexHNSWFlat`` for large
   catalogs -- drops the excluded ones and rescores the rest with numpy, so its scores
@@ -30,8 +36,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ['ExactIndex', 'FaissIndex', 'make_index', 'top_k', 'import_faiss',
-           'normalize_rows']
+__all__ = ['ExactIndex', 'SparseDotIndex', 'FaissIndex', 'make_index', 'top_k',
+           'import_faiss', 'normalize_rows', 'gather_rows']
 
 #: One query's answer: ``(items int64 [m], scores float32 [m])``, ``m <= k``.
 Answer = Tuple[np.ndarray, np.ndarray]
@@ -133,6 +139,89 @@ class ExactIndex:
                 scores[rows, cols] = -np.inf
             out.extend(top_k(scores, k))
         return out
+
+
+def gather_rows(rowptr: np.ndarray, rows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """The entries of CSR rows ``rows`` (repeats allowed): ``(position of each entry
+    in the CSR arrays, index into rows it belongs to)``."""
+    rows = np.asarray(rows, dtype=np.int64)
+    starts = rowptr[rows]
+    counts = rowptr[rows + 1] - starts
+    total = int(counts.sum())
+    owner = np.repeat(np.arange(rows.size), counts)
+    first = np.cumsum(counts) - counts  # where each row's entries begin in the output
+    positions = np.arange(total, dtype=np.int64) - first[owner] + starts[owner]
+    return positions, owner
+
+
+class SparseDotIndex:
+    r"""Exact top-:math:`k` of score function ``'sparse_dot'``: a query is a user's
+    training items :math:`\mathcal{I}_u`, its scores :math:`s_j = \sum_{i \in
+    \mathcal{I}_u} \mathbf{W}_{ij}` (float64 sums, returned as float32).
+
+    Args:
+        rowptr, items, values: the item-item weights :math:`\mathbf{W}` ``[N, N]`` as
+            CSR (kept by reference; not modified).
+        block_elements (int): scores computed at a time (as :class:`ExactIndex`).
+
+    Shapes:
+        - **queries:** ``B`` integer arrays (each user's training items);
+          **exclude:** ``B`` integer arrays (or ``None``).
+        - **output:** ``B`` answers ``(items [m], scores [m])``, ``m <= k``; every
+          item not excluded is a candidate (items no training item points to score
+          0).
+    """
+
+    kind = 'sparse-exact'
+
+    def __init__(self, rowptr: np.ndarray, items: np.ndarray, values: np.ndarray,
+                 block_elements: int = 1 << 22) -> None:
+        if rowptr.ndim != 1 or rowptr.shape[0] < 2:
+            raise ValueError(f'rowptr: expected [N + 1] row pointers with N >= 1, got '
+                             f'shape {rowptr.shape}')
+        self.rowptr, self.items, self.values = rowptr, items, values
+        self.block = max(1, int(block_elements) // self.num_items)
+
+    @property
+    def num_items(self) -> int:
+        return int(self.rowptr.shape[0] - 1)
+
+    def scores(self, queries: Sequence[np.ndarray]) -> np.ndarray:
+        """``[B, N]`` float64 scores of ``queries`` (each a user's training items)."""
+        N, B = self.num_items, len(queries)
+        lengths = np.fromiter((len(q) for q in queries), dtype=np.int64, count=B)
+        rows = (np.concatenate([np.asarray(q, dtype=np.int64) for q in queries])
+                if lengths.sum() else np.empty(0, dtype=np.int64))
+        positions, owner = gather_rows(self.rowptr, rows)
+        query_of = np.repeat(np.arange(B), lengths)[owner]
+        flat = query_of * N + self.items[positions]
+        return np.bincount(flat, weights=self.values[positions].astype(np.float64),
+                           minlength=B * N).reshape(B, N)
+
+    def search(self, queries: Sequence[np.ndarray], k: int,
+               exclude: Optional[Sequence[np.ndarray]] = None) -> List[Answer]:
+        """The best ``k`` items for each query (see the class docstring)."""
+        out: List[Answer] = []
+        for start in range(0, len(queries), self.block):
+            end = min(start + self.block, len(queries))
+            scores = self.scores(queries[start:end]).astype(np.float32)
+            if exclude is not None:
+                rows, cols = _exclusion(exclude, start, end)
+                scores[rows, cols] = -np.inf
+            out.extend(top_k(scores, k))
+        return out
+
+    def neighbours(self, item: int, k: int) -> Answer:
+        r"""The items of row ``item`` of :math:`\mathbf{W}` but ``item`` itself, by
+        weight (largest first, ties by smaller id), at most ``k``."""
+        if k < 1:
+            raise ValueError(f'k: expected k >= 1, got {k}')
+        row = slice(int(self.rowptr[item]), int(self.rowptr[item + 1]))
+        cand, weights = self.items[row], self.values[row]
+        keep = cand != item
+        cand, weights = cand[keep], weights[keep]
+        order = np.lexsort((cand, -weights))[:k]
+        return cand[order].astype(np.int64), weights[order].astype(np.float32)
 
 
 def import_faiss():

@@ -17,7 +17,12 @@ Answers (:mod:`mambarec_pyg.serve.app` sends them as JSON):
   distinct training users, ties by smaller item id), ``"known": false, "source":
   "popularity"``, the scores being the counts;
 * similar items: the top-:math:`k` items by the cosine of the final item embeddings,
-  the item itself excluded;
+  the item itself excluded; for an export of score function ``'sparse_dot'``
+  (content-based item kNN), the item's stored neighbours by their weight
+  :math:`\mathbf{W}_{ij}` (at most the model's ``knn_k``);
+* score function ``'sparse_dot'``: a known user's scores sum the item-item weights
+  over the user's training items (:class:`~mambarec_pyg.serve.index.SparseDotIndex`),
+  always exactly (a faiss ``index`` option does not apply and is logged);
 * ``k`` larger than the candidates returns all candidates.
 
 Ids are the export's: external strings when it holds id maps, otherwise the
@@ -40,7 +45,7 @@ import numpy as np
 
 from .config import ServeConfig
 from .export import Export, load_export, resolve_export
-from .index import make_index, normalize_rows
+from .index import SparseDotIndex, make_index, normalize_rows
 
 __all__ = ['Service', 'Snapshot', 'RequestError']
 
@@ -96,15 +101,37 @@ class Snapshot:
     def id(self) -> str:
         return self.export.id
 
+    @property
+    def sparse(self) -> bool:
+        """Score function ``'sparse_dot'`` (else ``'dot'``)."""
+        return self.export.score_function == 'sparse_dot'
+
+    def queries(self, users: np.ndarray):
+        """The index's queries of internal user ids ``users``: their embeddings, or
+        their training items (``'sparse_dot'``)."""
+        if self.sparse:
+            return [self.export.seen(int(u)) for u in users]
+        return self.export.user_embeddings[users]
+
     @classmethod
     def build(cls, export: Export, config: ServeConfig) -> 'Snapshot':
         """Indexes, most-popular list and id lookups for ``export``."""
-        options = dict(block_elements=config.block_elements, hnsw_m=config.hnsw_m,
-                       ef_construction=config.hnsw_ef_construction,
-                       ef_search=config.hnsw_ef_search)
-        index = make_index(config.index, export.item_embeddings, **options)
-        similar = make_index(config.index, normalize_rows(export.item_embeddings),
-                             **options)
+        if export.score_function == 'sparse_dot':
+            if config.index != 'exact':
+                logger.warning('export %s has score function sparse_dot: index %r '
+                               'does not apply; ranking exactly', export.id,
+                               config.index)
+            index = SparseDotIndex(export.similarity_rowptr, export.similarity_items,
+                                   export.similarity_values, config.block_elements)
+            similar = index
+        else:
+            options = dict(block_elements=config.block_elements,
+                           hnsw_m=config.hnsw_m,
+                           ef_construction=config.hnsw_ef_construction,
+                           ef_search=config.hnsw_ef_search)
+            index = make_index(config.index, export.item_embeddings, **options)
+            similar = make_index(config.index,
+                                 normalize_rows(export.item_embeddings), **options)
         pop = export.item_popularity
         order = np.lexsort((np.arange(pop.size), -pop))[:config.max_k]
         popular_items = order.astype(np.int64)
@@ -182,7 +209,10 @@ class Service:
         c = self.config
         return {'export': snap.id, 'path': str(snap.export.path),
                 'manifest': snap.export.manifest,
-                'serving': {'index': c.index, 'similar': 'cosine of item embeddings',
+                'serving': {'index': snap.index.kind,
+                            'similar': ('item-item weights of the model'
+                                        if snap.sparse else
+                                        'cosine of item embeddings'),
                             'max_k': c.max_k, 'max_batch': c.max_batch,
                             'max_body_bytes': c.max_body_bytes,
                             'ids': snap.export.manifest.get('ids'),
@@ -206,7 +236,7 @@ class Service:
         again), all from one snapshot."""
         snap = self.snapshot
         try:
-            doc = json.loads(body)
+            doc = json.loads(body, object_pairs_hook=_unique_keys)
         except (ValueError, RecursionError) as e:  # JSONDecodeError, bad UTF-8
             reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
             raise RequestError(400, 'body', f'malformed JSON ({reason}); expected '
@@ -252,9 +282,12 @@ class Service:
             raise RequestError(404, 'item', f'unknown item {echo!r} (the export has '
                                             f'{snap.export.num_items} items)')
         k = self._k(q.get('k', str(self.default_k)), 'k')
-        query = snap.similar_index.items[item:item + 1]
-        items, scores = snap.similar_index.search(
-            query, k, [np.asarray([item], dtype=np.int64)])[0]
+        if snap.sparse:
+            items, scores = snap.similar_index.neighbours(item, k)
+        else:
+            query = snap.similar_index.items[item:item + 1]
+            items, scores = snap.similar_index.search(
+                query, k, [np.asarray([item], dtype=np.int64)])[0]
         return {'item': echo, 'items': _item_ids(snap, items),
                 'scores': scores.tolist(), 'export': snap.id}
 
@@ -280,7 +313,7 @@ class Service:
         if known:
             ids = np.unique(np.asarray(known, dtype=np.int64))
             exclude = [snap.export.seen(int(u)) for u in ids] if exclude_seen else None
-            found = snap.index.search(snap.export.user_embeddings[ids], k, exclude)
+            found = snap.index.search(snap.queries(ids), k, exclude)
             answers = dict(zip(ids.tolist(), found))
         out = []
         for echo, u in users:
@@ -295,6 +328,16 @@ class Service:
                             'items': _item_ids(snap, items),
                             'scores': scores.tolist()})
         return out
+
+
+def _unique_keys(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+    """A JSON object's fields, refusing one given twice (as a query parameter is)."""
+    out: Dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise RequestError(422, key, 'given more than once')
+        out[key] = value
+    return out
 
 
 def _item_ids(snap: Snapshot, items: np.ndarray) -> list:

@@ -29,7 +29,7 @@ and ground truth, as flat per-batch slices) is built once per split by
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, Sequence, Tuple, Union
+from typing import Dict, Iterable, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -85,6 +85,18 @@ class Evaluator:
         ks (sequence of int): the cut-offs :math:`K` (default ``(5, 10, 20, 50)``).
         batch_size (int): users scored per batch.
         device: where scores are computed; ``None`` = the embeddings' device.
+        item_block (int): ``0`` (default) scores a batch of users against all
+            items at once (``batch_size x N`` scores); otherwise against blocks of
+            this many items, keeping a running top-:math:`\max K` per user
+            (``batch_size x (item_block + max K)`` scores held: catalogs of
+            millions). The same lists as the full scores, except that ties at the
+            cut-off may be cut differently (:func:`torch.topk` leaves that choice
+            unspecified in both).
+        sample (dict, optional): split name -> number of users: evaluate that
+            split on a fixed random sample of its users (drawn once with
+            ``sample_seed``), e.g. ``{'valid': 10000}`` for model selection during
+            training; other splits use every user.
+        sample_seed (int): the seed of the samples.
 
     The training items masked per user come from the dataset's shared
     :func:`~mambarec_pyg.data.training_index`.
@@ -98,15 +110,23 @@ class Evaluator:
 
     def __init__(self, data: HeteroData, ks: Sequence[int] = (5, 10, 20, 50),
                  batch_size: int = 4096,
-                 device: Union[str, torch.device, None] = None) -> None:
+                 device: Union[str, torch.device, None] = None, *,
+                 item_block: int = 0, sample: Optional[Dict[str, int]] = None,
+                 sample_seed: int = 0) -> None:
         ks = tuple(int(k) for k in ks)
         if not ks or any(k <= 0 for k in ks):
             raise ValueError(f'ks: expected positive integers, got {ks!r}')
         if batch_size <= 0:
             raise ValueError(f'batch_size: expected a positive integer, got '
                              f'{batch_size!r}')
+        if item_block < 0:
+            raise ValueError(f'item_block: expected an integer >= 0, got '
+                             f'{item_block!r}')
         self.ks = ks
         self.batch_size = int(batch_size)
+        self.item_block = int(item_block)
+        self.sample = dict(sample or {})
+        self.sample_seed = int(sample_seed)
         self.device = None if device is None else resolve_device(device)
         self.num_users = int(data['user'].num_nodes)
         self.num_items = int(data['item'].num_nodes)
@@ -142,6 +162,12 @@ class Evaluator:
         if base is None:
             gt = self._split_edges[split]
             users = torch.unique(gt[0])
+            size = self.sample.get(split, 0)
+            if 0 < size < users.numel():
+                g = torch.Generator().manual_seed(self.sample_seed)
+                pick = torch.randperm(users.numel(), generator=g)[:size]
+                users = users[pick].sort().values
+                gt = gt[:, torch.isin(gt[0], users)]
             local = torch.full((self.num_users, ), -1, dtype=torch.long)
             local[users] = torch.arange(users.numel())
             truth = ItemLists(local[gt[0]], gt[1], users.numel())
@@ -205,10 +231,14 @@ class Evaluator:
         tops = []
         for start in starts:
             end = min(start + self.batch_size, n)
-            scores = score_rows(user_emb, item_t, sp.users[start:end])
             rows, cols = sp.train.slice(start, end)
-            scores[rows, cols] = float('-inf')
-            top = scores.topk(k, dim=1).indices
+            if self.item_block and self.item_block < self.num_items:
+                top = _streaming_top(user_emb, item_t, sp.users[start:end], rows,
+                                     cols, k, self.item_block)
+            else:
+                scores = score_rows(user_emb, item_t, sp.users[start:end])
+                scores[rows, cols] = float('-inf')
+                top = scores.topk(k, dim=1).indices
             g_rows, g_cols = sp.truth.slice(start, end)
             coll.update(top, torch.stack([g_rows, g_cols]))
             if per_user:
@@ -236,6 +266,30 @@ class Evaluator:
         if user_emb.size(1) != item_emb.size(1):
             raise ValueError(f'embedding widths differ: users {user_emb.size(1)}, '
                              f'items {item_emb.size(1)}')
+
+
+def _streaming_top(user_emb: Tensor, item_t: Tensor, users: Tensor, rows: Tensor,
+                   cols: Tensor, k: int, block: int) -> Tensor:
+    """The top-``k`` items of ``users`` (training items ``(rows, cols)`` excluded)
+    over blocks of ``block`` items, merged into a running top-``k``; never more than
+    ``len(users) x (block + k)`` scores."""
+    best_v = best_i = None
+    num_items = item_t.size(1)
+    for lo in range(0, num_items, block):
+        hi = min(lo + block, num_items)
+        part = item_t[:, lo:hi] if not item_t.is_sparse else \
+            item_t.index_select(1, torch.arange(lo, hi, device=item_t.device))
+        scores = score_rows(user_emb, part, users)
+        inside = (cols >= lo) & (cols < hi)
+        scores[rows[inside], cols[inside] - lo] = float('-inf')
+        v, i = scores.topk(min(k, hi - lo), dim=1)
+        i = i + lo
+        if best_v is not None:
+            v = torch.cat([best_v, v], 1)
+            v, j = v.topk(min(k, v.size(1)), dim=1)
+            i = torch.cat([best_i, i], 1).gather(1, j)
+        best_v, best_i = v, i
+    return best_i
 
 
 def _require(name: str, split: str, present: bool) -> None:

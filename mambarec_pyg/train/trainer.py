@@ -278,7 +278,10 @@ class Trainer:
         self.index = training_index(data)
         self.evaluator = Evaluator(data, ks=self.config.topk,
                                    batch_size=self.config.eval_batch_size,
-                                   device=self.device)
+                                   device=self.device,
+                                   item_block=self.config.eval_item_block,
+                                   sample={'valid': self.config.valid_users},
+                                   sample_seed=self.config.seed)
         self.has_valid = self.evaluator.has_split('valid')
         if not self.has_valid and not allow_no_valid:
             name = getattr(data, 'name', None) or 'the dataset'

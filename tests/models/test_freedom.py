@@ -154,13 +154,14 @@ def test_pruning_keeps_the_count_renormalises_and_eval_uses_the_full_graph(tiny_
     model = _build(tiny_data, dropout=0.8, knn_k=4)
     U, N = model.num_users, model.num_items
     E = tiny_data[UI].edge_index
-    assert model.num_kept_edges == int(E.size(1) * 0.2) == 155
+    assert model.pruning.num_kept == int(E.size(1) * 0.2) == 155
     train_pairs = set(zip(E[0].tolist(), E[1].tolist()))
     # sampling weights are 1/sqrt(d_u d_i)
     du = torch.bincount(E[0], minlength=U).double()
     di = torch.bincount(E[1], minlength=N).double()
-    w = dict(zip(zip(model.edge_user.tolist(), model.edge_item.tolist()),
-                 model.edge_weight.tolist()))
+    p = model.pruning
+    w = dict(zip(zip(p.edge_user.tolist(), p.edge_item.tolist()),
+                 p.edge_weight.tolist()))
     assert set(w) == train_pairs
     for (a, b), value in w.items():
         assert value == pytest.approx(1 / float(du[a] * di[b]) ** 0.5, rel=1e-12)
@@ -242,8 +243,8 @@ def _toy_graph():
 def test_sampling_probability_follows_inverse_sqrt_degrees(dropout, keep):
     data = _toy_graph()
     model = _build(data, dropout=dropout, knn_k=2)
-    assert model.num_kept_edges == keep
-    user, item = model.edge_user.numpy(), model.edge_item.numpy()
+    assert model.pruning.num_kept == keep
+    user, item = model.pruning.edge_user.numpy(), model.pruning.edge_item.numpy()
     du = np.bincount(user, minlength=4)
     di = np.bincount(item, minlength=4)
     p = 1.0 / np.sqrt(du[user] * di[item])
@@ -259,7 +260,7 @@ def test_sampling_probability_follows_inverse_sqrt_degrees(dropout, keep):
     g = torch.Generator().manual_seed(0)
     counts = np.zeros(len(p))
     for _ in range(n):
-        sample = model.sample_edges(g).numpy()
+        sample = model.pruning.sample(g).numpy()
         assert len(set(sample.tolist())) == keep  # without replacement
         counts[sample] += 1
     freq = counts / n

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from support import (assert_beats_popularity, feature_variants, train_through_cli)
+from support import (assert_beats_popularity, feature_variants, itemknn_weights,
+                     train_through_cli)
 
 from mambarec_pyg.config import ConfigError
 from mambarec_pyg.models import ItemKNNCBF, ItemKNNCBFConfig
@@ -24,14 +25,7 @@ def variants(tiny_data):
 
 
 def _numpy_scores(data, k, shrink):
-    x = np.concatenate([data['item'][m].double().numpy() for m in data.modalities],
-                       axis=1)
-    n = np.linalg.norm(x, axis=1)
-    sim = (x @ x.T) / (n[:, None] * n[None, :] + shrink)
-    W = np.zeros_like(sim)
-    for i in range(len(sim)):
-        top = np.argsort(-sim[i], kind='stable')[:k]
-        W[i, top] = sim[i, top]
+    W = itemknn_weights(data, k, shrink)
     R = np.zeros((data['user'].num_nodes, data['item'].num_nodes))
     ei = data[UI].edge_index.numpy()
     R[ei[0], ei[1]] = 1.0

@@ -85,14 +85,14 @@ def test_pruning_alternates_renormalises_and_eval_uses_the_full_graph(tiny_data)
     U = model.num_users
     E = tiny_data[UI].edge_index
     train_pairs = set(zip(E[0].tolist(), E[1].tolist()))
-    assert model.num_kept_edges == int(len(train_pairs) * 0.8)
+    assert model.pruning.num_kept == int(len(train_pairs) * 0.8)
     # even epochs: degree-sensitive, odd epochs: uniform (the same generator draws)
     for epoch, plain in ((0, lambda g: degree_sensitive_sample(
-            model.edge_weight, model.num_kept_edges, g)),
-            (1, lambda g: uniform_sample(model.edge_weight.numel(),
-                                         model.num_kept_edges, g)),
+            model.pruning.edge_weight, model.pruning.num_kept, g)),
+            (1, lambda g: uniform_sample(model.pruning.edge_weight.numel(),
+                                         model.pruning.num_kept, g)),
             (2, lambda g: degree_sensitive_sample(
-                model.edge_weight, model.num_kept_edges, g))):
+                model.pruning.edge_weight, model.pruning.num_kept, g))):
         got = model.sample_edges(epoch, torch.Generator().manual_seed(5))
         assert torch.equal(got, plain(torch.Generator().manual_seed(5)))
     assert not torch.equal(model.sample_edges(0, torch.Generator().manual_seed(5)),
@@ -103,7 +103,7 @@ def test_pruning_alternates_renormalises_and_eval_uses_the_full_graph(tiny_data)
     P = model.graphs['pruned'].to_dense()
     rows, cols = P[:U, U:].nonzero(as_tuple=True)
     kept = set(zip(rows.tolist(), cols.tolist()))
-    assert len(kept) == model.num_kept_edges and kept <= train_pairs
+    assert len(kept) == model.pruning.num_kept and kept <= train_pairs
     want = _numpy_adjacency(tiny_data, np.array(sorted(kept)).T, eps=1e-7)
     torch.testing.assert_close(P, want, rtol=1e-12, atol=0)
     for got, plain in zip(model.embed(), _plain(model, P)):  # training: pruned

@@ -158,6 +158,7 @@ BAD = [
     ('POST', '/recommend', b'{"users": [1], "exclude_seen": "no"}', 422,
      'exclude_seen'),
     ('POST', '/recommend', b'{"users": [1], "kk": 3}', 422, 'kk'),
+    ('POST', '/recommend', b'{"users": [1], "k": 3, "k": 4}', 422, 'k'),
     ('POST', '/recommend', b'{"users": [' + b'1, ' * 400000 + b'1]}', 413, 'body'),
     ('GET', '/similar?item=60', None, 404, 'item'),
     ('GET', '/similar?item=x', None, 422, 'item'),

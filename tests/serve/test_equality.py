@@ -29,14 +29,11 @@ from fastapi.testclient import TestClient  # noqa: E402
 from mambarec_pyg.serve.app import create_app  # noqa: E402
 
 
-#: Models the export cannot take yet, with the reason (each must fail: strict).
-NOT_YET = {'itemknncbf': 'sparse embeddings (R, W^T) and its own score(): the '
-                         'export writes dense inner-product embeddings only'}
+def _dense(x):
+    return (x.to_dense() if x.is_sparse else x).double()
 
 
-@pytest.mark.parametrize('name', [
-    pytest.param(n, marks=pytest.mark.xfail(reason=NOT_YET[n], strict=True))
-    if n in NOT_YET else n for n in list_models()])
+@pytest.mark.parametrize('name', list_models())
 def test_service_equals_mambarec_recommend(name, checkpoint, tiny_data, tmp_path,
                                            capsys):
     ckpt = checkpoint(name)
@@ -44,7 +41,8 @@ def test_service_equals_mambarec_recommend(name, checkpoint, tiny_data, tmp_path
     assert main(['export', str(ckpt), '--output', str(out)]) == 0
     model, data, _ = load_run(ckpt, data=tiny_data)
     user_emb, item_emb = model.eval_embeddings()
-    exact = (user_emb.double() @ item_emb.double().t()).detach().numpy()  # its scores
+    # the model's own scores (sparse embeddings: content-based kNN, 'sparse_dot')
+    exact = (_dense(user_emb) @ _dense(item_emb).t()).detach().numpy()
     U, N = exact.shape
     seen = np.zeros((U, N), dtype=bool)
     index = model.training_items()
@@ -52,6 +50,9 @@ def test_service_equals_mambarec_recommend(name, checkpoint, tiny_data, tmp_path
         seen[u, index.col[index.rowptr[u]:index.rowptr[u + 1]].numpy()] = True
     users = list(range(U))
     with TestClient(create_app(out, sighup=False)) as client:
+        sparse = user_emb.is_sparse
+        assert client.get('/metadata').json()['manifest']['score_function'] == \
+            ('sparse_dot' if sparse else 'dot')
         for k in (10, N):  # N: more than any user's candidates
             capsys.readouterr()
             assert main(['recommend', str(ckpt), '--users', ','.join(map(str, users)),

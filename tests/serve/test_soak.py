@@ -13,7 +13,9 @@ minutes with a reload every 30 s on the Baby-scale export. Settings (environment
 * ``MAMBAREC_SOAK_REPORT`` -- a JSON file to write the figures to.
 
 Memory is flat when the median RSS of the last third of the run is at most 10% plus
-32 MiB above the median of the first third (both after the first reload).
+32 MiB above the median of the first third (both after the first reload). The report
+also has the RSS at the start of the load and at its end (``rss_start_mib``,
+``rss_end_mib``) and the largest sample.
 """
 from __future__ import annotations
 
@@ -148,6 +150,10 @@ def test_soak(tmp_path):
                   exports_served=len(served), rss_early_mib=early / 2**20,
                   rss_late_mib=late / 2**20,
                   rss_max_mib=max((r for _, r in rss), default=0) / 2**20,
+                  rss_start_mib=next((r for _, r in samples if r is not None), 0) /
+                  2**20,
+                  rss_end_mib=next((r for _, r in reversed(samples)
+                                    if r is not None), 0) / 2**20,
                   rss_samples=len(rss))
     if os.environ.get('MAMBAREC_SOAK_REPORT'):
         with open(os.environ['MAMBAREC_SOAK_REPORT'], 'w') as f:
