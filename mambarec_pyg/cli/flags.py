@@ -105,8 +105,8 @@ def add_executor_flags(p: argparse.ArgumentParser, what: str = 'cells') -> None:
     g.add_argument('--workers', type=_arg_type(int), default=1, metavar='N',
                    help=f'{what} at once (default 1: one after the other in this '
                         f'process). Locally each worker gets one GPU '
-                        f'(CUDA_VISIBLE_DEVICES, round robin) or, without GPUs, '
-                        f'cores/N threads (where --train.num-threads is 0)')
+                        f'(CUDA_VISIBLE_DEVICES, round robin) where there are GPUs, '
+                        f'and cores/N CPU threads (where --train.num-threads is 0)')
     g.add_argument('--ray-address', metavar='ADDRESS', help='an existing Ray cluster '
                    '(ray://HOST:10001 or HOST:6379; default: a local cluster with N '
                    'CPUs)')

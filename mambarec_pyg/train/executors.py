@@ -6,8 +6,9 @@ calls it, so the tables do not depend on the executor or on the number of worker
 
 * :class:`LocalExecutor` -- this machine: ``workers=1`` runs the cells one after the
   other in this process (the default); more start a pool of processes, each with one
-  GPU (``CUDA_VISIBLE_DEVICES``) when there are GPUs, else ``cores // workers`` CPU
-  threads (``train.num_threads``, where the configuration leaves it at 0);
+  GPU (``CUDA_VISIBLE_DEVICES``, round robin) when there are GPUs, and ``cores //
+  workers`` CPU threads (``train.num_threads``, where the configuration leaves it
+  at 0), so the workers do not oversubscribe the cores;
 * :class:`RayExecutor` -- Ray tasks on a local cluster (``ray.init()``) or an existing
   one (``address``), one CPU or GPU each (the ``ray`` extra);
 * :class:`SlurmExecutor` -- a Slurm job array through ``submitit``, one task per cell,
@@ -301,14 +302,13 @@ class LocalExecutor(Executor):
     def describe(self) -> str:
         if self.workers == 1:
             return 'local, 1 worker (this process)'
-        per = (f'one GPU each ({",".join(self.devices)})' if self.devices else
-               f'{self.threads} CPU thread(s) each')
+        per = (f'one GPU each ({",".join(self.devices)}) and ' if self.devices else
+               '') + f'{self.threads} CPU thread(s) each'
         return f'local, {self.workers} worker processes, {per}'
 
     @property
     def threads(self) -> int:
-        return 0 if self.devices or self.workers == 1 else \
-            max(1, cpu_cores() // self.workers)
+        return 0 if self.workers == 1 else max(1, cpu_cores() // self.workers)
 
     def run(self, tasks):
         if self.workers == 1:
@@ -399,15 +399,15 @@ class RayExecutor(Executor):
         gpus = int(ray.cluster_resources().get('GPU', 0))
         self.gpu = gpus > 0
         cpus = int(ray.cluster_resources().get('CPU', 1))
-        self.threads = 0 if self.gpu else max(1, cpus // max(1, workers))
-        # a task reserves the CPUs its run's threads use (one with a GPU)
-        self._remote = ray.remote(num_cpus=1 if self.gpu else self.threads,
+        self.threads = max(1, cpus // max(1, workers))
+        # a task reserves the CPUs its run's threads use
+        self._remote = ray.remote(num_cpus=self.threads,
                                   num_gpus=1 if self.gpu else 0,
                                   max_retries=0)(run_cell)
 
     def describe(self) -> str:
         return (f'ray, {self.workers} task(s) at once, '
-                + ('one GPU each' if self.gpu else f'{self.threads} thread(s) each'))
+                + ('one GPU and ' if self.gpu else '') + f'{self.threads} thread(s) each')
 
     def run(self, tasks):
         ray = self.ray
@@ -466,7 +466,7 @@ class SlurmExecutor(Executor):
         if options.slurm_extra:
             params['slurm_additional_parameters'] = dict(options.slurm_extra)
         self.executor.update_parameters(**params)
-        self.threads = 0 if options.slurm_gpus else options.slurm_cpus
+        self.threads = options.slurm_cpus
 
     def describe(self) -> str:
         o = self.options

@@ -258,7 +258,7 @@ def test_each_local_worker_gets_one_gpu_or_a_share_of_the_cores(monkeypatch):
     monkeypatch.setattr(executors, 'cpu_cores', lambda: 16)
     assert executors.LocalExecutor(4, devices=[]).threads == 4
     assert executors.LocalExecutor(32, devices=[]).threads == 1
-    assert executors.LocalExecutor(4, devices=['0', '1']).threads == 0  # GPUs
+    assert executors.LocalExecutor(4, devices=['0', '1']).threads == 4
     assert executors.LocalExecutor(1, devices=[]).threads == 0  # today's behaviour
 
 
@@ -280,7 +280,7 @@ def test_the_slurm_options_reach_the_sbatch_script(tmp_path, monkeypatch):
                  '--cpus-per-task=4', '--mem=32GB', '--account=lab', '--qos=high',
                  '--job-name=mambarec-t2'):
         assert f'#SBATCH {line}\n' in script, line
-    assert executor.threads == 0  # a GPU task: the run picks its device
+    assert executor.threads == 4  # the run's CPU threads: the task's CPUs
     from mambarec_pyg.errors import ConfigError
     with pytest.raises(ConfigError, match='--slurm-time'):
         ExecutorOptions(kind='slurm', slurm_time=0)
