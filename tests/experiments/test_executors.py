@@ -173,13 +173,14 @@ def test_a_cell_another_process_holds_is_waited_for_and_reused(reference, tmp_pa
 
 
 def test_a_killed_workers_cell_is_resumed(tmp_path):
-    # the bpr cell trains 40 epochs, writing last.pt after every one; the command is
-    # killed (SIGKILL, as a lost node) once some are done
+    # the bpr cell trains 40 epochs, writing last.pt after every one; the command and
+    # its 2 worker processes are killed (SIGKILL, as a lost node) once some are done;
+    # the next command (1 worker, this process) resumes the cell
     out = tmp_path / 'killed'
     extra = ('--train.max-epochs', '40', '--train.patience', '100',
              '--train.checkpoint-interval-s', '0', '--quiet')
     cell = out / 'runs' / 'synthetic-tiny' / 'bpr' / 'seed-999'
-    proc = _command(out, *extra)
+    proc = _command(out, *extra, '--workers', '2')
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         history = cell / 'metrics.csv'
