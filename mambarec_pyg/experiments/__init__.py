@@ -20,6 +20,9 @@ from Python::
 
 Every experiment is made of full training runs, one directory each, reused when
 finished and continued when interrupted (:mod:`~mambarec_pyg.experiments.runner`),
+run one after the other or at the same time on local processes, Ray or Slurm
+(``Setup(executor=ExecutorOptions(kind='ray', workers=8))``;
+:mod:`~mambarec_pyg.train.executors`),
 and writes ``NAME.md``, ``NAME.csv``, ``NAME.json``, its figures and
 ``summary.json`` (which runs and configurations produced every number).
 """
@@ -33,6 +36,7 @@ from .embeddings import Embeddings
 from .plots import MissingDependency, plot_runs
 from .presets import Preset, get_preset, list_presets, load_presets, register_preset
 from .reduction import Reduction
+from ..train.executors import ExecutorOptions
 from .runner import (CellResult, DatasetSpec, Experiment, ExperimentResult, Setup)
 from .sensitivity import Sensitivity
 from .significance import PairedTest, paired_tests
@@ -43,7 +47,7 @@ __all__ = ['EXPERIMENTS', 'run_experiment', 'get_experiment', 'synthetic_setup',
            'mmrec_setup', 'Setup', 'DatasetSpec', 'Experiment', 'ExperimentResult',
            'CellResult', 'Preset', 'register_preset', 'get_preset', 'list_presets',
            'load_presets', 'paired_tests', 'PairedTest', 'plot_runs',
-           'MissingDependency']
+           'MissingDependency', 'ExecutorOptions']
 
 #: the experiments by name, in the paper's order.
 EXPERIMENTS: Dict[str, Type[Experiment]] = {

@@ -130,6 +130,13 @@ class Embeddings(Experiment):
     default_datasets = ('baby', 'sports')
     needs_sklearn = True
 
+    @classmethod
+    def add_arguments(cls, group) -> None:
+        from ..cli.common import _arg_type
+        group.add_argument('--max-items', type=_arg_type(int), default=3000,
+                           metavar='N', help='items in the t-SNE (a seeded sample; '
+                           'default 3000)')
+
     def rows(self, setup: Setup) -> List[Preset]:
         cached = getattr(self, '_rows', None)
         if cached is not None:
@@ -190,6 +197,14 @@ class Embeddings(Experiment):
             with open(tmp, 'wb') as f:
                 np.savez(f, **out)
         return out
+
+    def collect(self, setup: Setup, results: List[CellResult], runner: Runner) -> None:
+        """The t-SNE of every finished run's item embeddings, cached in
+        ``OUTPUT/embeddings/`` (the report reads the caches)."""
+        super().collect(setup, results, runner)
+        for res in results:
+            if res.ok:
+                self._points(setup, runner, res)
 
     def report(self, setup: Setup, results: List[CellResult],
                runner: Runner) -> ExperimentResult:

@@ -51,6 +51,13 @@ class Reduction(SweepExperiment):
     paper_ref = 'Figure 6'
     default_datasets = ('baby', 'sports')
 
+    @classmethod
+    def add_arguments(cls, group) -> None:
+        from ..cli.common import _arg_type
+        group.add_argument('--reduction-factors', type=_arg_type(Tuple[int, ...]),
+                           metavar='R1,R2', help='reduction factors r (default: '
+                           f'{",".join(map(str, REDUCTION_FACTORS))})')
+
     def factors(self, setup: Setup) -> List[int]:
         return list(setup.options.get('reduction_factors') or REDUCTION_FACTORS)
 
@@ -58,18 +65,30 @@ class Reduction(SweepExperiment):
         return [Setting(f'r={r}', f'r={r}', {'model.reduction_factor': r},
                         {'reduction_factor': r}) for r in self.factors(setup)]
 
-    def _parameters(self, runner: Runner, results: List[CellResult]
-                    ) -> Dict[Tuple[str, str, int], Tuple[int, int]]:
+    #: the parameter counts of every (dataset, row, r), written by :meth:`collect`.
+    PARAMETERS_FILE = 'parameters.json'
+
+    def collect(self, setup: Setup, results: List[CellResult], runner: Runner) -> None:
+        """Count the parameters of every (dataset, row, r)'s model into
+        ``OUTPUT/parameters.json`` (the report reads it)."""
+        from ..io import write_json
         from ..train.experiment import build_model
-        out = {}
+        super().collect(setup, results, runner)
+        out: Dict[str, List[int]] = {}
         for r in results:
-            key = (r.cell.dataset.label, r.cell.row, r.cell.labels['reduction_factor'])
+            key = _key(r)
             if key in out or not r.ok:
                 continue
             model = build_model(runner.data(r.cell.config.data), r.cell.config.model)
-            out[key] = count_parameters(model)
+            out[key] = list(count_parameters(model))
             del model
-        return out
+        write_json(setup.output / self.PARAMETERS_FILE, out)
+
+    def _parameters(self, setup: Setup
+                    ) -> Dict[Tuple[str, str, int], Tuple[int, int]]:
+        import json
+        saved = json.loads((setup.output / self.PARAMETERS_FILE).read_text())
+        return {tuple(json.loads(k)): tuple(v) for k, v in saved.items()}
 
     def report(self, setup: Setup, results: List[CellResult],
                runner: Runner) -> ExperimentResult:
@@ -77,7 +96,7 @@ class Reduction(SweepExperiment):
         factors = self.factors(setup)
         stats = aggregate(results, ('dataset', 'row', 'reduction_factor'),
                           ('recall@20', 'ndcg@20'), setup.output)
-        params = self._parameters(runner, results)
+        params = self._parameters(setup)
         times: Dict[Tuple, List[float]] = {}
         for r in results:
             if r.ok and math.isfinite(r.epoch_s):
@@ -191,3 +210,9 @@ class Reduction(SweepExperiment):
 
 def _pct(x) -> str:
     return '–' if x is None else f'{x:.1f}%'
+
+
+def _key(r: CellResult) -> str:
+    import json
+    return json.dumps([r.cell.dataset.label, r.cell.row,
+                       r.cell.labels['reduction_factor']])

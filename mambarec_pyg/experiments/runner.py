@@ -16,10 +16,18 @@ and the grid search. Two cells
 of one experiment with the same configuration (e.g. Figure 4's lambda_cl = 0.01 and
 Figure 5's r = 8, lambda_mmd = 0.15, both the default MambaRec) share one run.
 
+The flow: :meth:`Experiment.plan` (the cells) -> run them on the setup's executor
+(:mod:`mambarec_pyg.train.executors`: this process, local worker processes, Ray or
+Slurm; the cell's run is the same whichever) -> :meth:`Experiment.collect` (per-user
+metrics and what else the report needs, written beside the runs) ->
+:meth:`Experiment.report` (tables and figures from those files). A cell another
+command holds (its cell lock) is waited for and reused, never run twice; a failed
+cell is reported with its directory and first error line and the others go on.
+
 Progress: a line per finished cell on stderr -- cells done / total, the cell's
 outcome, time elapsed and an estimate of the time left (the mean time of the cells
-trained so far, times the cells left) -- and a bar when a terminal watches
-(:func:`mambarec_pyg.utils.progress`).
+trained so far, times the cells left, divided by the workers) -- and a bar when a
+terminal watches (:func:`mambarec_pyg.utils.progress`).
 
 Per-user test metrics (for the paired significance tests) are computed from each
 cell's best checkpoint once and kept in ``per_user_test.npz`` beside it.
@@ -30,6 +38,7 @@ status, best epoch, metrics and time.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -40,19 +49,18 @@ from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence
 import numpy as np
 
 from ..config import Config, ConfigError, DataConfig, TrainConfig
-from ..errors import MambaRecError, RunDirectoryBusy
 from ..io import write_json
 from ..train.rundir import FINAL_STATUSES as FINAL
-from ..train.rundir import finished_run, read_record
 from ..utils import progress
+from ..train.executors import (PER_USER_FILE, Executor, ExecutorOptions, Task,
+                               cell_is_locked, finished_outcome, make_executor,
+                               save_per_user)
 
 __all__ = ['DatasetSpec', 'Setup', 'Cell', 'CellResult', 'Runner', 'Experiment',
            'ExperimentResult', 'FINAL', 'fmt_duration', 'QUICK_TRAIN']
 
 #: ``--quick``: a handful of epochs in small batches, one thread (fastest for tiny data).
 QUICK_TRAIN = {'max_epochs': 5, 'batch_size': 128, 'num_threads': 1}
-#: the per-user metrics kept for significance tests.
-PER_USER_FILE = 'per_user_test.npz'
 
 
 def fmt_duration(seconds: Optional[float]) -> str:
@@ -120,6 +128,10 @@ class Setup:
     options: Dict[str, Any] = field(default_factory=dict)
     #: the command line, for the summary.
     command: Optional[List[str]] = None
+    #: where the cells run (``--executor``, ``--workers``, ...).
+    executor: ExecutorOptions = field(default_factory=ExecutorOptions)
+    #: trackers every run logs to (``--log tensorboard mlflow``).
+    log: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         self.output = Path(self.output)
@@ -215,17 +227,25 @@ def _rel(path: Path, root: Path) -> str:
 # The runner
 # ---------------------------------------------------------------------------------
 class Runner:
-    """Runs cells one after the other, reusing finished ones; see the module doc.
+    """Runs cells on the setup's executor, reusing finished ones; see the module doc.
 
     Args:
-        setup: the experiment's options (output directory, quiet, verbose).
+        setup: the experiment's options (output directory, executor, quiet, verbose).
         total: cells expected in all (for the progress line); grows if more are run.
         per_user: compute per-user test metrics right after each run.
         log: where progress lines go (default: stderr; nothing when quiet).
+        group: the name of the group of runs in the trackers (default: the output
+            directory's name).
+        executor: runs the cells (default: the one ``setup.executor`` names, made on
+            first use).
     """
 
+    #: seconds between two looks at a cell that another process runs.
+    POLL_S = 1.0
+
     def __init__(self, setup: Setup, total: int, per_user: bool = False,
-                 log: Optional[Callable[[str], None]] = None) -> None:
+                 log: Optional[Callable[[str], None]] = None, group: str = '',
+                 executor: Optional[Executor] = None) -> None:
         self.setup = setup
         self.root = setup.output
         self.total = total
@@ -239,6 +259,9 @@ class Runner:
         self._data_key: Optional[str] = None
         self._data = None
         self._log = log
+        self.group = group or setup.output.name
+        self._executor = executor
+        self.missing: List[CellResult] = []
         self._bar = progress(total=total, enabled=not setup.quiet, desc='experiment',
                              unit='run')
 
@@ -255,6 +278,16 @@ class Runner:
 
     def close(self) -> None:
         self._bar.close()
+        if self._executor is not None:
+            self._executor.close()
+
+    @property
+    def executor(self) -> Executor:
+        if self._executor is None:
+            self._executor = make_executor(self.setup.executor,
+                                           self.root / 'slurm', f'mambarec-{self.root.name}')
+            self.say(f'executor: {self._executor.describe()}')
+        return self._executor
 
     # -- data ---------------------------------------------------------------------
     def data(self, config: DataConfig):
@@ -271,68 +304,129 @@ class Runner:
     def directory(self, cell: Cell) -> Path:
         return self.root / 'runs' / cell.key
 
-    def run(self, cells: Sequence[Cell]) -> List[CellResult]:
-        """Run (or reuse) ``cells`` in order; returns their results. Raises
-        :class:`KeyboardInterrupt` when a run was interrupted (its checkpoints
-        kept)."""
-        out = []
-        for cell in cells:
-            out.append(self._run_cell(cell))
-        return out
+    def task(self, cell: Cell) -> Task:
+        """What a worker needs to run ``cell``."""
+        return Task(key=cell.key, directory=str(self.directory(cell)),
+                    config=cell.config.to_dict(), verbose=self.setup.verbose,
+                    per_user=self.per_user_now, log=tuple(self.setup.log),
+                    group=self.group,
+                    log_dir=str(self.root) if self.setup.log else None)
 
-    def _run_cell(self, cell: Cell) -> CellResult:
-        key = json.dumps(cell.config.to_dict(), sort_keys=True, default=str)
-        shared = self._by_config.get(key)
-        if shared is not None:
-            res = CellResult(**{**shared.__dict__, 'cell': cell,
-                                'shared_with': _rel(shared.directory, self.root)})
-            self._finish_cell(res, 0.0, note=f'same run as {shared.cell.key}')
-            return res
-        directory = self.directory(cell)
-        saved, continue_run = finished_run(directory, cell.config)
-        if saved is not None and not continue_run:
-            res = _from_saved(cell, directory, saved, reused=True)
-            self._by_config[key] = res
-            self._finish_cell(res, 0.0, note='finished earlier, reused')
-            return res
-        self.say(f'[{self.done + 1}/{self.total}] {self._name(cell)}: training '
-                 f'({directory / "train.log"})')
-        t0 = time.perf_counter()
-        res = self._train(cell, directory)
-        spent = time.perf_counter() - t0
-        if res.status == 'interrupted':
-            self.results.append(res)
-            raise KeyboardInterrupt
-        self._by_config[key] = res
-        self.trained += 1
-        self.trained_s += spent
-        self._finish_cell(res, spent)
-        return res
+    def run(self, cells: Sequence[Cell]) -> List[CellResult]:
+        """Run (or reuse) ``cells`` on the executor; returns their results, in the
+        order of ``cells``. A cell that fails is reported (its directory and first
+        error line) and the others go on. A cell another process runs is waited for.
+
+        Raises:
+            KeyboardInterrupt: a run was interrupted (its checkpoints kept).
+            ConfigError: a cell's directory holds a finished run with other settings.
+        """
+        results: Dict[int, CellResult] = {}
+        first: Dict[str, int] = {}  # configuration -> the cell that runs it
+        twins: Dict[int, int] = {}
+        todo: List[int] = []
+        for i, cell in enumerate(cells):
+            key = _config_key(cell)
+            shared = self._by_config.get(key)
+            if shared is not None:
+                results[i] = self._shared(cell, shared)
+            elif key in first:
+                twins[i] = first[key]
+            else:
+                first[key] = i
+                todo.append(i)
+        waiting: List[int] = []
+        for i in list(todo):  # finished already: reused without a worker
+            out = finished_outcome(self.task(cells[i]))
+            if out is not None:
+                results[i] = self._outcome(cells[i], out)
+                todo.remove(i)
+        while todo:
+            tasks = {id(t): (i, t) for i, t in ((i, self.task(cells[i])) for i in todo)}
+            for task, out in self.executor.run([t for _, t in tasks.values()]):
+                i = tasks[id(task)][0]
+                if out.get('status') == 'busy':
+                    waiting.append(i)
+                    continue
+                results[i] = self._outcome(cells[i], out)
+            todo = []
+            if waiting:
+                self.say(f'waiting for {len(waiting)} run(s) that another process '
+                         f'holds: ' + ', '.join(cells[i].key for i in waiting[:3])
+                         + (' ...' if len(waiting) > 3 else ''))
+                while waiting and all(cell_is_locked(self.directory(cells[i]))
+                                      for i in waiting):
+                    time.sleep(self.POLL_S)
+                todo = [i for i in waiting if not cell_is_locked(
+                    self.directory(cells[i]))]
+                waiting = [i for i in waiting if i not in todo]
+        for i, j in twins.items():
+            results[i] = self._shared(cells[i], results[j])
+        return [results[i] for i in range(len(cells))]
 
     def _train(self, cell: Cell, directory: Path) -> CellResult:
-        from ..train.experiment import run
-        try:
-            data = self.data(cell.config.data)
-            result = run(cell.config, directory, resume=True,
-                         quiet=not self.setup.verbose, data=data)
-        except (ConfigError, RunDirectoryBusy):
-            raise  # the experiment's options or its directory: every run would stop
-        except (MambaRecError, RuntimeError) as e:
-            # one failed run (a diverged loss, data a model cannot take, a checkpoint
-            # it cannot resume from, out of memory) is reported in the tables, its
-            # traceback kept beside it; the other runs go on
-            import traceback
-            from ..io import atomic_write_text
-            directory.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(directory / 'error.txt', traceback.format_exc())
-            return CellResult(cell, directory, 'failed',
-                              error=f'{type(e).__name__}: {_first_line(e)} (traceback: '
-                                    f'{_rel(directory / "error.txt", self.root)})')
-        if result.status == 'interrupted':
+        """Run ``cell`` here, now (no executor, no progress line): its result, or a
+        ``'failed'`` one with the error's first line (the traceback in
+        ``DIR/error.txt``).
+
+        Raises:
+            ConfigError: the options (every run would meet it).
+            RunDirectoryBusy: another process holds the cell or its run directory.
+        """
+        from ..errors import RunDirectoryBusy
+        from ..train.executors import run_cell
+        task = self.task(cell)
+        task.directory = str(directory)
+        out = run_cell(task)
+        status = out.get('status')
+        if status == 'config_error':
+            raise ConfigError(out.get('error') or 'other settings')
+        if status == 'busy':
+            raise RunDirectoryBusy(out.get('error') or f'{directory} is in use')
+        if status == 'interrupted':
             return CellResult(cell, directory, 'interrupted')
-        res = _from_saved(cell, directory, read_record(directory) or {}, reused=False)
-        if self.per_user_now and result.model is not None and res.ok:
-            self._save_per_user(res, result.model, data)
+        if status == 'failed' or 'record' not in out:
+            return self._failed(cell, directory, out)
+        return _from_saved(cell, directory, out['record'],
+                           reused=bool(out.get('reused')))
+
+    def _failed(self, cell: Cell, directory: Path, out: Dict[str, Any]) -> CellResult:
+        error = out.get('error') or 'failed'
+        if (directory / 'error.txt').is_file():
+            error += f' (traceback: {_rel(directory / "error.txt", self.root)})'
+        return CellResult(cell, directory, 'failed', error=error)
+
+    def _shared(self, cell: Cell, shared: CellResult) -> CellResult:
+        res = CellResult(**{**shared.__dict__, 'cell': cell,
+                            'shared_with': _rel(shared.directory, self.root)})
+        self._finish_cell(res, 0.0, note=f'same run as {shared.cell.key}')
+        return res
+
+    def _outcome(self, cell: Cell, out: Dict[str, Any]) -> CellResult:
+        """The :class:`CellResult` of a worker's answer (see
+        :func:`~mambarec_pyg.experiments.executors.run_cell`)."""
+        directory = self.directory(cell)
+        status = out.get('status')
+        if status == 'config_error':
+            raise ConfigError(out.get('error') or f'{directory}: other settings')
+        if status == 'interrupted':
+            self.results.append(CellResult(cell, directory, 'interrupted'))
+            raise KeyboardInterrupt
+        spent = float(out.get('spent') or 0.0)
+        if status == 'failed' or 'record' not in out:
+            res = self._failed(cell, directory, out)
+            self.missing.append(res)
+            self._finish_cell(res, spent)
+            return res
+        reused = bool(out.get('reused'))
+        res = _from_saved(cell, directory, out['record'], reused=reused)
+        self._by_config[_config_key(cell)] = res
+        if reused:
+            self._finish_cell(res, 0.0, note='finished earlier, reused')
+        else:
+            self.trained += 1
+            self.trained_s += spent
+            self._finish_cell(res, spent)
         return res
 
     def _finish_cell(self, res: CellResult, spent: float, note: str = '') -> None:
@@ -342,14 +436,16 @@ class Runner:
         self._bar.update(1)
         elapsed = time.perf_counter() - self.start
         left = self.total - self.done
-        eta = (self.trained_s / self.trained * left) if self.trained else None
+        parallel = max(1, min(left, getattr(self._executor, 'parallel', 1)))
+        eta = (self.trained_s / self.trained * left / parallel) if self.trained \
+            else None
         if res.ok:
             metric = res.cell.config.train.valid_metric
             outcome = (f'test {metric} {res.test.get(metric, float("nan")):.4f} '
                        f'(best epoch {res.best_epoch}, {res.epochs} epochs'
                        + (f', {fmt_duration(spent)}' if spent else '') + ')')
         else:
-            outcome = f'FAILED: {res.error}'
+            outcome = f'FAILED ({_rel(res.directory, self.root)}): {res.error}'
         self.say(f'[{self.done}/{self.total}] {self._name(res.cell)}: {outcome}'
                  + (f' [{note}]' if note else '')
                  + f' | elapsed {fmt_duration(elapsed)}, '
@@ -379,25 +475,19 @@ class Runner:
         from ..train.experiment import load_run
         data = self.data(res.cell.config.data)
         model, data, _ = load_run(best, device=res.cell.config.train.device, data=data)
-        return self._save_per_user(res, model, data)
+        return save_per_user(res.directory, model, data, res.cell.config.train)
 
-    def _save_per_user(self, res: CellResult, model, data) -> Dict[str, np.ndarray]:
-        from ..io import atomic_path
-        from ..train.evaluate import evaluate
-        cfg = res.cell.config.train
-        metrics = evaluate(model, data, 'test', ks=cfg.topk,
-                           batch_size=cfg.eval_batch_size, per_user=True)
-        values = {k: np.asarray(v.numpy() if hasattr(v, 'numpy') else v)
-                  for k, v in metrics['per_user'].items()}
-        with atomic_path(res.directory / PER_USER_FILE) as tmp:
-            with open(tmp, 'wb') as f:
-                np.savez(f, **values)
-        return values
+    def collect(self, results: Sequence[CellResult]) -> None:
+        """Make sure every finished cell has its per-user test metrics on disk (a cell
+        reused from a run made without them gets them now), so that the report reads
+        files only."""
+        for res in results:
+            if res.ok and res.shared_with is None:
+                self.per_user(res)
 
 
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else ''
+def _config_key(cell: Cell) -> str:
+    return json.dumps(cell.config.to_dict(), sort_keys=True, default=str)
 
 
 def _from_saved(cell: Cell, directory: Path, saved: Dict[str, Any],
@@ -435,7 +525,8 @@ class ExperimentResult:
 
 
 class Experiment:
-    """Base class: an experiment builds cells, runs them and writes its report.
+    """Base class: an experiment plans cells, runs them (on the setup's executor),
+    collects what its report needs from the runs' directories, and writes its report.
 
     Subclasses set :attr:`name`, :attr:`title`, :attr:`paper_ref` and
     :attr:`default_datasets`, and implement :meth:`plan` (the cells) and
@@ -456,8 +547,21 @@ class Experiment:
     #: needs scikit-learn as well as matplotlib.
     needs_sklearn: ClassVar[bool] = False
 
+    @classmethod
+    def add_arguments(cls, group) -> None:
+        """Add this experiment's own options to ``group`` (an argparse argument
+        group of ``mambarec experiment NAME``). The value of each (by its ``dest``)
+        reaches :attr:`Setup.options` when given; none by default."""
+
     def plan(self, setup: Setup) -> List[Cell]:
         raise NotImplementedError
+
+    def collect(self, setup: Setup, results: List[CellResult], runner: Runner) -> None:
+        """After the runs, before the report: write what the report reads beside the
+        runs (per-user test metrics where :attr:`per_user`; an experiment may add
+        its own), so that the report reads files and builds no model."""
+        if self.per_user:
+            runner.collect(results)
 
     def report(self, setup: Setup, results: List[CellResult],
                runner: Runner) -> 'ExperimentResult':
@@ -483,7 +587,8 @@ class Experiment:
             require(sklearn=self.needs_sklearn, matplotlib=setup.figures)
         setup.output.mkdir(parents=True, exist_ok=True)
         started = time.strftime('%Y-%m-%d %H:%M:%S')
-        runner = Runner(setup, self.planned_total(setup), per_user=self.per_user)
+        runner = Runner(setup, self.planned_total(setup), per_user=self.per_user,
+                        group=f'{self.name} {setup.output.resolve()}')
         runner.say(f'{self.name}: {self.title} -- {runner.total} runs in '
                    f'{setup.output}')
         try:
@@ -493,6 +598,7 @@ class Experiment:
             self.write_summary(setup, runner.results, started, 'interrupted', {})
             raise
         runner.close()
+        self.collect(setup, results, runner)
         out = self.report(setup, results, runner)
         out.status = 'incomplete' if out.failed else 'complete'
         if out.failed and 'markdown' in out.files:
@@ -501,6 +607,11 @@ class Experiment:
         files['summary'] = str(self.write_summary(setup, results, started, out.status,
                                                   files))
         out.files = files
+        if out.failed:
+            runner.say(f'{self.name}: {len(out.failed)} run(s) missing (run the same '
+                       f'command again to retry them): ' + '; '.join(
+                           f'{_rel(r.directory, setup.output)}: {r.error or r.status}'
+                           for r in out.failed))
         runner.say(f'{self.name}: {out.status}; '
                    + ', '.join(f'{v}' for k, v in files.items()))
         return out
@@ -534,6 +645,8 @@ class Experiment:
             'options': setup.options,
             'files': {k: _rel(Path(v), root) for k, v in files.items()},
             'cells': [r.to_dict(root) for r in results],
+            'missing': [_rel(r.directory, root) for r in results if not r.ok],
+            'executor': dataclasses.asdict(setup.executor),
             'environment': env,
         }
         return write_json(root / 'summary.json', summary)

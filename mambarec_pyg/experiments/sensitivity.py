@@ -41,6 +41,23 @@ class Sensitivity(SweepExperiment):
     paper_ref = 'Figures 4 and 5'
     default_datasets = ('baby', 'sports')
 
+    @classmethod
+    def add_arguments(cls, group) -> None:
+        from typing import Tuple
+        from ..cli.common import _arg_type
+        group.add_argument('--part', choices=('both', 'figure4', 'figure5'),
+                           default='both', help='Figure 4 (InfoNCE weight), Figure 5 '
+                           '(r x MMD weight) or both (default)')
+        group.add_argument('--cl-weights', type=_arg_type(Tuple[float, ...]),
+                           metavar='W1,W2', help='Figure 4 grid (default: '
+                           f'{",".join(f"{w:g}" for w in CL_WEIGHTS)})')
+        group.add_argument('--mmd-weights', type=_arg_type(Tuple[float, ...]),
+                           metavar='W1,W2', help='Figure 5 columns (default: '
+                           f'{",".join(f"{w:g}" for w in MMD_WEIGHTS)})')
+        group.add_argument('--reduction-factors', type=_arg_type(Tuple[int, ...]),
+                           metavar='R1,R2', help='reduction factors r (default: '
+                           f'{",".join(map(str, REDUCTION_FACTORS))})')
+
     def _parts(self, setup: Setup) -> Sequence[str]:
         part = setup.options.get('part') or 'both'
         return ('figure4', 'figure5') if part == 'both' else (part, )

@@ -57,6 +57,12 @@ class Table2(Experiment):
     paper_ref = 'Table 2'
     per_user = True
 
+    @classmethod
+    def add_arguments(cls, group) -> None:
+        group.add_argument('--search', action='store_true', help="run each model's grid "
+                           "(its GRID, as `mambarec search`) at the first seed and "
+                           'keep the point best on valid Recall@20')
+
     # -- planning -----------------------------------------------------------------
     def rows(self, setup: Setup) -> List[Preset]:
         names = setup.models or default_rows()

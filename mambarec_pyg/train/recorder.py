@@ -10,6 +10,8 @@ directory holds, is :mod:`~mambarec_pyg.train.rundir`'s contract):
 * ``results.json`` -- the run's record (:meth:`~RunRecorder.results`);
 * ``config.yaml`` -- the run's whole config, with its first checkpoint or results (so
   a run stopped before then leaves an earlier run's files as they were);
+* ``metrics.csv``, ``metrics.jsonl`` -- every epoch's metrics and loss parts
+  (:mod:`~mambarec_pyg.train.tracking`), with every ``last.pt`` and ``results.json``;
 * ``train.log`` -- every message, time-stamped (they also go to the console unless
   ``quiet``, and to :mod:`logging`);
 
@@ -52,6 +54,7 @@ from .checkpoint import environment, save_checkpoint, write_json
 from .rundir import (RunLock, earlier_run_files, remove_earlier_run,
                      remove_leftover_temporaries)
 from .state import RunState
+from .tracking import write_history_files
 
 __all__ = ['RunRecorder']
 
@@ -269,6 +272,7 @@ class RunRecorder:
         t0 = time.perf_counter()
         save_checkpoint(self.last_path, checkpoint())
         self._write_config()
+        write_history_files(self.output_dir, state.history)
         self.last_epoch = state.epoch
         self._last_write = time.monotonic()
         self._add_time(state, t0)
@@ -295,6 +299,7 @@ class RunRecorder:
             self.claim()
             write_json(self.results_path, self.results(status, state, error))
             self._write_config()
+            write_history_files(self.output_dir, state.history)
 
     def results(self, status: str, state: RunState,
                 error: Optional[str] = None) -> Dict[str, Any]:

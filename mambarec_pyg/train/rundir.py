@@ -62,15 +62,17 @@ except ImportError:  # this file loaded on its own (a process that only holds a 
 __all__ = ['RunLock', 'RunDirectoryBusy', 'holds_run', 'RUN_FILES', 'FINAL_STATUSES',
            'IGNORED', 'CONTINUABLE', 'RESUMABLE_CHANGES', 'ConfigDiff',
            'config_diffs', 'read_record', 'finished_record', 'finished_run',
-           'check_resume', 'WRITTEN', 'RUN_RECORD', 'remove_leftover_temporaries',
+           'check_resume', 'WRITTEN', 'HISTORY_FILES', 'RUN_RECORD', 'remove_leftover_temporaries',
            'earlier_run_files', 'remove_earlier_run']
 
 PathLike = Union[str, os.PathLike]
 
 #: The files whose presence means a directory holds a run.
 RUN_FILES = ('last.pt', 'best.pt', 'results.json')
+#: Every epoch's values, as CSV and JSON lines (:mod:`~mambarec_pyg.train.tracking`).
+HISTORY_FILES = ('metrics.csv', 'metrics.jsonl')
 #: The files a run writes atomically (whose temporaries a killed run can leave).
-WRITTEN = RUN_FILES + ('config.yaml', )
+WRITTEN = RUN_FILES + ('config.yaml', ) + HISTORY_FILES
 #: Everything a run records in its directory (what a new run there replaces).
 RUN_RECORD = WRITTEN + ('train.log', )
 #: The statuses of a finished run in ``results.json`` (the others: ``'running'``,

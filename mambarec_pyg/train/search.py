@@ -38,7 +38,7 @@ from .distributed import refuse_launch
 from .experiment import ModelFactory, run
 from .rundir import finished_run
 
-__all__ = ['grid_search', 'SearchResult', 'default_grid']
+__all__ = ['grid_search', 'SearchResult', 'default_grid', 'point_name']
 
 PathLike = Union[str, os.PathLike]
 
@@ -64,7 +64,8 @@ class SearchResult:
         return self.selected['test']
 
 
-def _point_name(values: Mapping[str, Any]) -> str:
+def point_name(values: Mapping[str, Any]) -> str:
+    """The directory name of a grid point (``mmd_weight=0.1-mmd_bandwidth=1.0``)."""
     return '-'.join(f"{k.split('.')[-1]}={v}" for k, v in values.items())
 
 
@@ -72,6 +73,8 @@ def grid_search(data: Optional[HeteroData], config: Config,
                 grid: Optional[Mapping[str, Sequence[Any]]] = None,
                 output_dir: Optional[PathLike] = None, *, resume: bool = False,
                 quiet: bool = True, model_factory: Optional[ModelFactory] = None,
+                executor=None, sampler: str = 'grid', trials: Optional[int] = None,
+                optuna_sampler: str = 'tpe', log: Sequence[str] = (),
                 ) -> SearchResult:
     """Train one model per grid point; select the best on the validation split.
 
@@ -87,6 +90,16 @@ def grid_search(data: Optional[HeteroData], config: Config,
         quiet: no progress bars inside the runs.
         model_factory: ``factory(data, model_config)``; default: the registered
             model ``config.model`` names.
+        executor: an :class:`~mambarec_pyg.experiments.executors.ExecutorOptions`:
+            the points run as cells of an experiment (local processes, Ray, Slurm;
+            :mod:`~mambarec_pyg.train.parallel_search`), each reused when finished
+            and resumed when interrupted; needs ``output_dir`` and no
+            ``model_factory``. ``None``: one after the other in this process.
+        sampler: ``'grid'`` (every point) or ``'optuna'``: an Optuna study over the
+            grid's values (``optuna_sampler`` ``'tpe'`` or ``'grid'``), stored in
+            ``output_dir/optuna.db`` (SQLite) so that several commands share it,
+            until it holds ``trials`` finished trials (default: the grid's size).
+        log: trackers every point logs to (``'tensorboard'``, ``'mlflow'``).
 
     Returns:
         :class:`SearchResult`; ``search.json`` holds every point (values, valid and
@@ -102,6 +115,14 @@ def grid_search(data: Optional[HeteroData], config: Config,
         raise ConfigError('grid: expected at least one option with at least one value')
     for key in grid:  # fail before any training on a misspelt option
         config.with_overrides({key: list(grid[key])[0]})
+    if sampler not in ('grid', 'optuna'):
+        raise ConfigError(f"--sampler: expected 'grid' or 'optuna', got {sampler!r}")
+    if executor is not None or sampler != 'grid' or log:
+        from .parallel_search import search_on_executor
+        return search_on_executor(config, grid, output_dir, resume=resume,
+                                  quiet=quiet, executor=executor, sampler=sampler,
+                                  trials=trials, optuna_sampler=optuna_sampler,
+                                  log=log, model_factory=model_factory, data=data)
     if data is None:
         data = load_dataset(config.data)
     out = Path(output_dir) if output_dir is not None else None
@@ -113,7 +134,7 @@ def grid_search(data: Optional[HeteroData], config: Config,
     for n, combo in enumerate(combos):
         values = dict(zip(keys, combo))
         cfg = config.with_overrides(values)
-        name = _point_name(values)
+        name = point_name(values)
         point_dir = out / name if out is not None else None
         record = _finished(point_dir, cfg) if (resume and point_dir is not None) \
             else None
@@ -158,7 +179,7 @@ def _finished(point_dir: Path, config: Config) -> Optional[Dict[str, Any]]:
 
 
 def _record(points, best, metric, config: Config, start: float,
-            data: HeteroData) -> Dict[str, Any]:
+            data: Optional[HeteroData]) -> Dict[str, Any]:
     return {
         'selection': f'best valid {metric} (test metrics never used to choose)',
         'metric': metric,
@@ -167,7 +188,8 @@ def _record(points, best, metric, config: Config, start: float,
         'points': points,
         'config': config.to_dict(),
         'data': data_spec(config.data, data),
-        'dataset': str(getattr(data, 'name', '')),
+        'dataset': str(getattr(data, 'name', '')) if data is not None else
+        (config.data.dataset or f'synthetic-{config.data.synthetic}'),
         'timings': {'total_s': time.perf_counter() - start},
         'environment': environment(resolve_device(config.train.device)),
         'complete': best is not None,

@@ -1,4 +1,4 @@
-"""The ``mambarec experiment`` and ``mambarec plot`` commands.
+"""``mambarec experiment`` and ``plot``.
 
 ::
 
@@ -10,6 +10,8 @@
     mambarec plot runs/table2/runs/baby/mambarec/seed-999 \\
                   runs/table2/runs/baby/bpr/seed-999
 
+``--executor local|ray|slurm`` and ``--workers N`` run the cells at the same time
+(:mod:`mambarec_pyg.train.executors`); the tables do not depend on them.
 Running the same command again resumes: finished runs are reused, an interrupted one
 continues from its last checkpoint. Exit codes: 0 success, 1 a failure (some runs
 failed -- the tables are still written --, a missing file or plotting dependency), 2
@@ -18,17 +20,17 @@ a bad command line, 130 interrupted (run the same command again to resume).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
-import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List
 
-from ..cli import CommandError, _arg_type
-from ..config import ConfigError, DataConfig, TrainConfig, describe_type, field_docs
+from .common import CommandError, _arg_type
+from .flags import (add_executor_flags, add_section_flags, config_overrides,
+                    executor_options)
+from ..config import ConfigError, DataConfig, TrainConfig
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .runner import Setup
+    from ..experiments.runner import Setup
 
 __all__ = ['add_parsers', 'cmd_experiment', 'cmd_plot', 'setup_from_args']
 
@@ -38,7 +40,7 @@ _SEED = 999
 def add_parsers(subparsers, parser_class) -> None:
     """Add ``experiment`` (one sub-command per experiment) and ``plot`` to the
     ``mambarec`` parser."""
-    from . import EXPERIMENTS
+    from ..experiments import EXPERIMENTS
     e = subparsers.add_parser(
         'experiment', help="run one of the paper's experiments (tables and figures)",
         description="Run one of the MambaRec paper's experiments: each cell is a full "
@@ -51,8 +53,11 @@ def add_parsers(subparsers, parser_class) -> None:
         p = names.add_parser(name, help=f'{cls.title}', allow_abbrev=False,
                              description=_describe(cls))
         _add_common(p, cls)
-        _add_specific(p, name)
-        p.set_defaults(func=cmd_experiment, _parser=p)
+        g = p.add_argument_group(f'{name} options')
+        known = {a.dest for a in p._actions}
+        cls.add_arguments(g)
+        own = tuple(a.dest for a in p._actions if a.dest not in known)
+        p.set_defaults(func=cmd_experiment, _parser=p, _own_options=own)
     e.set_defaults(func=cmd_experiment, _parser=e)
 
     p = subparsers.add_parser(
@@ -95,7 +100,7 @@ def _add_common(p: argparse.ArgumentParser, cls) -> None:
     r.add_argument('--seeds', type=_arg_type(int), default=1, metavar='N',
                    help=f'training seeds per cell: {_SEED}, {_SEED + 1}, ... (default '
                         f'1; mean ± std over seeds when more)')
-    from .presets import list_presets
+    from ..experiments.presets import list_presets
     presets = ', '.join(p.name for p in list_presets())
     r.add_argument('--models', nargs='+', metavar='NAME',
                    help='rows: registered models (`mambarec models`) and named '
@@ -106,61 +111,24 @@ def _add_common(p: argparse.ArgumentParser, cls) -> None:
     r.add_argument('--quick', action='store_true', help='a small version in minutes on '
                    'a CPU: synthetic tiny data unless --data/--synthetic is given, '
                    'at most 5 epochs, batches of 128, one thread')
-    r.add_argument('--device', dest='train:device', metavar='D',
+    r.add_argument('--device', dest='cfg:train.device', metavar='D',
                    help='auto (CUDA when present), cpu, cuda or cuda:N')
     r.add_argument('--no-figures', dest='figures', action='store_false',
                    help='only the tables (no matplotlib needed)')
     r.add_argument('--quiet', action='store_true', help='no progress output')
     r.add_argument('--verbose', action='store_true', help="every run's epoch lines too")
+    add_executor_flags(p, 'cells')
     t = p.add_argument_group('protocol (train options of every run; --train.FIELD '
                              'VALUE)')
-    hints = typing.get_type_hints(TrainConfig)
-    docs = field_docs(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
-        if f.name == 'device':
-            continue
-        tp = hints[f.name]
-        default = f.default
-        shown = ','.join(map(str, default)) if isinstance(default, tuple) else default
-        extra = ' (the first of --seeds)' if f.name == 'seed' else ''
-        t.add_argument(f'--train.{f.name.replace("_", "-")}', dest=f'train:{f.name}',
-                       type=_arg_type(tp), metavar=f.name.upper().split('_')[-1],
-                       help=(docs.get(f.name, '').replace('``', '') + extra +
-                             f' [{describe_type(tp)}; default: {shown}]'
-                             ).replace('%', '%%'))
-
-
-def _add_specific(p: argparse.ArgumentParser, name: str) -> None:
-    from .paper import CL_WEIGHTS, MMD_WEIGHTS, REDUCTION_FACTORS
-    g = p.add_argument_group(f'{name} options')
-    if name == 'table2':
-        g.add_argument('--search', action='store_true', help="run each model's grid "
-                       "(its GRID, as `mambarec search`) at the first seed and keep "
-                       'the point best on valid Recall@20')
-    if name == 'sensitivity':
-        g.add_argument('--part', choices=('both', 'figure4', 'figure5'), default='both',
-                       help='Figure 4 (InfoNCE weight), Figure 5 (r x MMD weight) or '
-                            'both (default)')
-        g.add_argument('--cl-weights', type=_arg_type(typing.Tuple[float, ...]),
-                       metavar='W1,W2', help='Figure 4 grid (default: '
-                       f'{",".join(f"{w:g}" for w in CL_WEIGHTS)})')
-        g.add_argument('--mmd-weights', type=_arg_type(typing.Tuple[float, ...]),
-                       metavar='W1,W2', help='Figure 5 columns (default: '
-                       f'{",".join(f"{w:g}" for w in MMD_WEIGHTS)})')
-    if name in ('sensitivity', 'reduction'):
-        g.add_argument('--reduction-factors', type=_arg_type(typing.Tuple[int, ...]),
-                       metavar='R1,R2', help='reduction factors r (default: '
-                       f'{",".join(map(str, REDUCTION_FACTORS))})')
-    if name == 'embeddings':
-        g.add_argument('--max-items', type=_arg_type(int), default=3000, metavar='N',
-                       help='items in the t-SNE (a seeded sample; default 3000)')
+    add_section_flags(t, 'train', TrainConfig, skip=('device', ),
+                      notes={'seed': '(the first of --seeds) '})
 
 
 # ---------------------------------------------------------------------------------
 def setup_from_args(args: argparse.Namespace, experiment) -> 'Setup':
     """The :class:`~mambarec_pyg.experiments.runner.Setup` a command line asks for."""
-    from .paper import paper_dataset
-    from .runner import DatasetSpec, Setup
+    from ..experiments.paper import paper_dataset
+    from ..experiments.runner import DatasetSpec, Setup
     if args.root and args.synthetic:
         raise ConfigError('give either --data ROOT [--datasets ...] or --synthetic '
                           'PRESET ..., not both')
@@ -185,15 +153,14 @@ def setup_from_args(args: argparse.Namespace, experiment) -> 'Setup':
     if args.seeds < 1:
         raise ConfigError(f'--seeds: expected a positive number of seeds, got '
                           f'{args.seeds}')
-    train: Dict[str, Any] = {k.split(':', 1)[1]: v for k, v in vars(args).items()
-                             if k.startswith('train:') and v is not None}
+    train: Dict[str, Any] = config_overrides(args, 'train')
     first = train.pop('seed', _SEED)
     seeds = [first + i for i in range(args.seeds)]
-    options = {k: getattr(args, k) for k in ('part', 'cl_weights', 'mmd_weights',
-                                             'reduction_factors', 'max_items')
-               if getattr(args, k, None) is not None}
-    for key in ('cl_weights', 'mmd_weights', 'reduction_factors'):
-        if key in options and not options[key]:
+    # the experiment's own options (Experiment.add_arguments); --search is Setup's
+    options = {k: getattr(args, k) for k in getattr(args, '_own_options', ())
+               if k != 'search' and getattr(args, k, None) is not None}
+    for key, value in options.items():
+        if isinstance(value, tuple) and not value:
             raise ConfigError(f'--{key.replace("_", "-")}: expected at least one value')
     output = Path(args.output) if args.output else Path('runs') / (
         experiment.name + ('-quick' if args.quick else ''))
@@ -201,7 +168,8 @@ def setup_from_args(args: argparse.Namespace, experiment) -> 'Setup':
                  models=args.models, quick=args.quick,
                  search=bool(getattr(args, 'search', False)), quiet=args.quiet,
                  verbose=args.verbose, figures=args.figures, options=options,
-                 command=command_line(args))
+                 command=command_line(args), executor=executor_options(args),
+                 log=tuple(args.log or ()))
 
 
 def command_line(args: argparse.Namespace) -> List[str]:
@@ -226,9 +194,9 @@ def command_line(args: argparse.Namespace) -> List[str]:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from . import get_experiment
-    from .plots import MissingDependency
-    from .presets import load_presets
+    from ..experiments import get_experiment
+    from ..experiments.plots import MissingDependency
+    from ..experiments.presets import load_presets
     if not getattr(args, 'experiment', None):
         raise CommandError('which experiment? (table2, table3, ablation, sensitivity, '
                            'reduction, embeddings)', 2)
@@ -238,7 +206,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     setup = setup_from_args(args, experiment)
     try:
         result = experiment.run(setup)
-    except MissingDependency as e:
+    except (MissingDependency, ImportError) as e:
         raise CommandError(str(e), 1) from None
     except KeyboardInterrupt:
         print(f'mambarec experiment {experiment.name}: interrupted; run the same '
@@ -259,7 +227,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from .plots import MissingDependency, find_runs, plot_runs
+    from ..experiments.plots import MissingDependency, find_runs, plot_runs
     metrics = [m.strip() for m in args.metrics.split(',') if m.strip()]
     runs = find_runs(args.runs)
     labels = [x.strip() for x in args.labels.split(',')] if args.labels else None
