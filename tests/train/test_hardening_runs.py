@@ -366,7 +366,8 @@ def test_an_overwrite_starts_a_fresh_log(run_copy, capsys):
                                         'Adam (fused), lr 0.001, weight decay 0, lr '
                                         'decay 0.96 per 50 epochs')
     assert (f'this run replaces the earlier run in {run_copy} (removed its '
-            f'results.json, best.pt, last.pt, config.yaml, train.log)') in log
+            f'results.json, best.pt, last.pt, config.yaml, train.log, metrics.csv, '
+            f'metrics.jsonl)') in log
     record = json.loads((run_copy / 'results.json').read_text())
     assert record['config']['train']['seed'] == 5
 
