@@ -8,8 +8,9 @@ global batches of an epoch (after ``--warmup``), from the same seed, and reports
 median step time (rank 0's clock; the processes wait for each other in every step),
 the epoch time it implies (median x batches per epoch), the communication volume per
 step (bytes each process sends into the gradient all-reduce and into the gathers of
-the loss) and each process's peak memory. With ``--epoch`` a whole epoch is timed
-instead.
+the loss) and the process's peak memory so far (the models run one after another in
+each process, so this is a running maximum: ``--memory`` gives each model's own
+peak). With ``--epoch`` a whole epoch is timed instead.
 
     python benchmarks/distributed.py              # Baby scale, CPU, 1 and 2 processes
     python benchmarks/distributed.py --quick      # tiny data, a few steps
@@ -458,7 +459,7 @@ def main() -> None:
         rows += run_group(args, world)
     base = {r['model']: r['median_step_s'] for r in rows if r['processes'] == 1}
     print(f'{"model":10s} {"procs":>5s} {"sync":>9s} {"step ms":>9s} {"epoch s":>8s} '
-          f'{"vs 1":>6s} {"grad MB":>8s} {"gather MB":>9s} {"peak MB":>8s}')
+          f'{"vs 1":>6s} {"grad MB":>8s} {"gather MB":>9s} {"max RSS":>8s}')
     for r in rows:
         ratio = base.get(r['model'], float('nan')) / r['median_step_s']
         print(f'{r["model"]:10s} {r["processes"]:5d} {r["sync"]:>9s} '
