@@ -27,7 +27,7 @@ from __future__ import annotations
 
 __all__ = ['MambaRecError', 'ConfigError', 'DataError', 'NegativeSamplingError',
            'CheckpointError', 'RunDirectoryBusy', 'TrainingDivergedError',
-           'DistributedError', 'NonFiniteError']
+           'DistributedError', 'NonFiniteError', 'CollectedFileMissing']
 
 
 class MambaRecError(Exception):
@@ -72,3 +72,10 @@ class DistributedError(MambaRecError, RuntimeError):
 class NonFiniteError(MambaRecError, ValueError):
     """A model's weights or embeddings hold NaN or infinite values (it diverged), so
     any ranking it gives is arbitrary; the message names the tensor."""
+
+
+class CollectedFileMissing(MambaRecError, FileNotFoundError):
+    """An experiment's report needs a file that its collect step writes (per-user
+    metrics, parameter counts, t-SNE points) and it is missing or older than the run
+    it was collected from; the message names the file and says to run the command
+    again (finished runs are reused and the files collected again)."""

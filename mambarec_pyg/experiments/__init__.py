@@ -37,7 +37,8 @@ from .plots import MissingDependency, plot_runs
 from .presets import Preset, get_preset, list_presets, load_presets, register_preset
 from .reduction import Reduction
 from ..train.executors import ExecutorOptions
-from .runner import (CellResult, DatasetSpec, Experiment, ExperimentResult, Setup)
+from .runner import (CellResult, Collected, DatasetSpec, Experiment, ExperimentResult,
+                     Setup)
 from .sensitivity import Sensitivity
 from .significance import PairedTest, paired_tests
 from .table2 import Table2
@@ -45,7 +46,7 @@ from .table3 import Table3
 
 __all__ = ['EXPERIMENTS', 'run_experiment', 'get_experiment', 'synthetic_setup',
            'mmrec_setup', 'Setup', 'DatasetSpec', 'Experiment', 'ExperimentResult',
-           'CellResult', 'Preset', 'register_preset', 'get_preset', 'list_presets',
+           'CellResult', 'Collected', 'Preset', 'register_preset', 'get_preset', 'list_presets',
            'load_presets', 'paired_tests', 'PairedTest', 'plot_runs',
            'MissingDependency', 'ExecutorOptions']
 

@@ -16,7 +16,7 @@ from typing import List
 
 from .paper import METRICS
 from .report import write_outputs
-from .runner import CellResult, ExperimentResult, Runner, Setup, note
+from .runner import CellResult, Collected, ExperimentResult, Setup, note
 from .sweep import Setting, SweepExperiment, settings_bars, settings_table
 
 __all__ = ['Ablation', 'SETTINGS']
@@ -37,7 +37,7 @@ class Ablation(SweepExperiment):
         return [Setting(key, label, dict(over)) for key, label, over in SETTINGS]
 
     def report(self, setup: Setup, results: List[CellResult],
-               runner: Runner) -> ExperimentResult:
+               collected: Collected) -> ExperimentResult:
         rows, settings = self.rows(setup), self.settings(setup)
         md = ['# Figure 3: alignment ablation (test, at the best valid epoch)', '',
               'w/o LA: without local alignment (no DREAM); w/o GA: without global '
@@ -46,7 +46,7 @@ class Ablation(SweepExperiment):
         if caveat:
             md += [f'> **Note.** {caveat}.', '']
         body, records, per_ds, stats = settings_table(
-            setup, runner, results, rows, settings, 'full', lambda *a: None)
+            setup, collected, results, rows, settings, 'full', lambda *a: None)
         md += body
         table = {'experiment': self.name, 'paper': self.paper_ref, 'note': caveat,
                  'metrics': list(METRICS), 'seeds': setup.seeds,

@@ -3,6 +3,8 @@
 :func:`compare_runs` takes the runs of two rows or settings on one dataset (one run
 per seed each), averages each user's per-user test metric over each side's seeds,
 pairs the users and applies :func:`~mambarec_pyg.experiments.significance.paired_tests`.
+The per-user metrics are read from the files the experiment collected
+(:class:`~mambarec_pyg.experiments.runner.Collected`); nothing is recomputed.
 :func:`significance_section` renders the outcome as Markdown.
 """
 from __future__ import annotations
@@ -12,18 +14,22 @@ from typing import Any, Dict, List, Sequence
 
 from .paper import METRICS, SIGNIFICANCE_LEVEL
 from .report import METRIC_NAMES, markdown_table
-from .runner import CellResult, Runner
+from .runner import CellResult, Collected
 from .significance import TEST_NAMES, align_users, average_over_seeds, paired_tests
 
 __all__ = ['compare_runs', 'significance_section']
 
 
-def compare_runs(runner: Runner, a_runs: Sequence[CellResult],
+def compare_runs(collected: Collected, a_runs: Sequence[CellResult],
                  b_runs: Sequence[CellResult], a_name: str, b_name: str,
                  metrics: Sequence[str] = METRICS) -> Dict[str, Any]:
     """Paired tests of ``a`` against ``b`` per metric (see the module docstring);
-    the runs used are listed (directories relative to the experiment's output)."""
-    root = runner.root
+    the runs used are listed (directories relative to the experiment's output).
+
+    Raises:
+        CollectedFileMissing: a finished run's per-user metrics file is missing.
+    """
+    root = collected.root
     entry: Dict[str, Any] = {'a': a_name, 'b': b_name,
                              'runs_a': [_rel(r, root) for r in a_runs],
                              'runs_b': [_rel(r, root) for r in b_runs],
@@ -34,8 +40,8 @@ def compare_runs(runner: Runner, a_runs: Sequence[CellResult],
     if not a_runs or not b_runs:
         entry['error'] = 'no finished runs to compare'
         return entry
-    pa = [runner.per_user(r) for r in a_runs]
-    pb = [runner.per_user(r) for r in b_runs]
+    pa = [collected.per_user(r) for r in a_runs]
+    pb = [collected.per_user(r) for r in b_runs]
     for m in metrics:
         if m not in pa[0] or m not in pb[0]:
             continue

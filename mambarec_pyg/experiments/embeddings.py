@@ -44,7 +44,8 @@ import numpy as np
 
 from .presets import Preset, resolve_row
 from .report import markdown_table, write_outputs
-from .runner import Cell, CellResult, Experiment, ExperimentResult, Runner, Setup, note
+from .runner import (Cell, CellResult, Collected, Experiment, ExperimentResult, Runner,
+                     Setup, note)
 
 __all__ = ['Embeddings', 'uniformity', 'angle_density', 'tsne_2d', 'topic_silhouette',
            'DEFAULT_MODELS', 'FALLBACKS']
@@ -159,6 +160,36 @@ class Embeddings(Experiment):
         return cells
 
     # -- analysis -----------------------------------------------------------------
+    @staticmethod
+    def _cache(res: CellResult) -> str:
+        """Where ``res``'s t-SNE points are kept, relative to the output."""
+        return f'embeddings/{res.cell.dataset.label}__{res.cell.row}.npz'
+
+    @staticmethod
+    def _stamp(setup: Setup, res: CellResult) -> np.ndarray:
+        """What the points were computed from: the checkpoint's time, the number
+        of items and the seed (the cache is stale when any differs)."""
+        max_items = int(setup.options.get('max_items') or 3000)
+        best = res.directory / 'best.pt'
+        return np.array([best.stat().st_mtime_ns, max_items, res.cell.seed],
+                        dtype=np.int64)
+
+    def _read_points(self, setup: Setup, collected: Collected, res: CellResult
+                     ) -> Dict[str, np.ndarray]:
+        """The t-SNE points :meth:`collect` kept for ``res`` (read only).
+
+        Raises:
+            CollectedFileMissing: the file is missing or was made from another
+                checkpoint or other settings.
+        """
+        pts = collected.npz(self._cache(res))
+        if 'stamp' not in pts or not np.array_equal(pts['stamp'],
+                                                    self._stamp(setup, res)):
+            raise collected.missing(collected.root / self._cache(res),
+                                    'was computed from another checkpoint or with '
+                                    'other settings')
+        return pts
+
     def _points(self, setup: Setup, runner: Runner, res: CellResult
                 ) -> Dict[str, np.ndarray]:
         """t-SNE of ``res``'s item embeddings, cached beside the experiment's
@@ -167,9 +198,8 @@ class Embeddings(Experiment):
         max_items = int(setup.options.get('max_items') or 3000)
         seed = res.cell.seed
         best = res.directory / 'best.pt'
-        cache = (setup.output / 'embeddings' /
-                 f'{res.cell.dataset.label}__{res.cell.row}.npz')
-        stamp = np.array([best.stat().st_mtime_ns, max_items, seed], dtype=np.int64)
+        cache = setup.output / self._cache(res)
+        stamp = self._stamp(setup, res)
         if cache.is_file():
             with np.load(cache) as z:
                 if 'stamp' in z.files and np.array_equal(z['stamp'], stamp):
@@ -207,7 +237,7 @@ class Embeddings(Experiment):
                 self._points(setup, runner, res)
 
     def report(self, setup: Setup, results: List[CellResult],
-               runner: Runner) -> ExperimentResult:
+               collected: Collected) -> ExperimentResult:
         caveat = note(setup)
         md = ['# Figures 7-8: item embeddings (t-SNE, density of the normalised '
               'embeddings)', '',
@@ -229,7 +259,7 @@ class Embeddings(Experiment):
         for res in results:
             if not res.ok:
                 continue
-            pts = self._points(setup, runner, res)
+            pts = self._read_points(setup, collected, res)
             circle = _normalise(pts['tsne'])
             _, _, kl = angle_density(circle)
             u2 = uniformity(circle)

@@ -25,7 +25,7 @@ import numpy as np
 
 from .paper import GRID_SOURCES, REDUCTION_FACTORS
 from .report import aggregate, fmt, markdown_table, write_outputs
-from .runner import CellResult, ExperimentResult, Runner, Setup, note
+from .runner import CellResult, Collected, ExperimentResult, Runner, Setup, note
 from .sweep import Setting, SweepExperiment
 
 __all__ = ['Reduction', 'count_parameters']
@@ -84,19 +84,19 @@ class Reduction(SweepExperiment):
             del model
         write_json(setup.output / self.PARAMETERS_FILE, out)
 
-    def _parameters(self, setup: Setup
+    def _parameters(self, collected: Collected
                     ) -> Dict[Tuple[str, str, int], Tuple[int, int]]:
         import json
-        saved = json.loads((setup.output / self.PARAMETERS_FILE).read_text())
+        saved = collected.json(self.PARAMETERS_FILE)
         return {tuple(json.loads(k)): tuple(v) for k, v in saved.items()}
 
     def report(self, setup: Setup, results: List[CellResult],
-               runner: Runner) -> ExperimentResult:
+               collected: Collected) -> ExperimentResult:
         rows = self.rows(setup)
         factors = self.factors(setup)
         stats = aggregate(results, ('dataset', 'row', 'reduction_factor'),
                           ('recall@20', 'ndcg@20'), setup.output)
-        params = self._parameters(setup)
+        params = self._parameters(collected)
         times: Dict[Tuple, List[float]] = {}
         for r in results:
             if r.ok and math.isfinite(r.epoch_s):

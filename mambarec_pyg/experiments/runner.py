@@ -19,8 +19,12 @@ Figure 5's r = 8, lambda_mmd = 0.15, both the default MambaRec) share one run.
 The flow: :meth:`Experiment.plan` (the cells) -> run them on the setup's executor
 (:mod:`mambarec_pyg.train.executors`: this process, local worker processes, Ray or
 Slurm; the cell's run is the same whichever) -> :meth:`Experiment.collect` (per-user
-metrics and what else the report needs, written beside the runs) ->
-:meth:`Experiment.report` (tables and figures from those files). A cell another
+metrics and what else the report needs, written beside the runs; the only step after
+the runs that may load data, build a model or use the :class:`Runner`) ->
+:meth:`Experiment.report` (tables and figures from those files, read through a
+:class:`Collected`: it never receives the runner and never builds a model; a missing
+collected file stops it with :class:`~mambarec_pyg.errors.CollectedFileMissing`
+naming the file). A cell another
 command holds (its cell lock) is waited for and reused, never run twice; a failed
 cell is reported with its directory and first error line and the others go on.
 
@@ -49,6 +53,7 @@ from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence
 import numpy as np
 
 from ..config import Config, ConfigError, DataConfig, TrainConfig
+from ..errors import CollectedFileMissing
 from ..io import write_json
 from ..train.rundir import FINAL_STATUSES as FINAL
 from ..utils import progress
@@ -56,7 +61,8 @@ from ..train.executors import (PER_USER_FILE, Executor, ExecutorOptions, Task,
                                cell_is_locked, finished_outcome, make_executor,
                                save_per_user)
 
-__all__ = ['DatasetSpec', 'Setup', 'Cell', 'CellResult', 'Runner', 'Experiment',
+__all__ = ['DatasetSpec', 'Setup', 'Cell', 'CellResult', 'Runner', 'Collected',
+           'Experiment',
            'ExperimentResult', 'FINAL', 'fmt_duration', 'QUICK_TRAIN']
 
 #: ``--quick``: a handful of epochs in small batches, one thread (fastest for tiny data).
@@ -465,13 +471,13 @@ class Runner:
     # -- per-user metrics ---------------------------------------------------------
     def per_user(self, res: CellResult) -> Dict[str, np.ndarray]:
         """Per-user test metrics of ``res``'s best checkpoint (``users``,
-        ``recall@K``, ``ndcg@K``), computed once and kept beside it."""
+        ``recall@K``, ``ndcg@K``), computed once and kept beside it (for
+        :meth:`collect`; a report reads them with :meth:`Collected.per_user`)."""
         path = res.directory / PER_USER_FILE
-        best = res.directory / 'best.pt'
-        if path.is_file() and (not best.is_file() or
-                               path.stat().st_mtime_ns >= best.stat().st_mtime_ns):
+        if _fresh(path, res.directory / 'best.pt'):
             with np.load(path) as z:
                 return {k: z[k] for k in z.files}
+        best = res.directory / 'best.pt'
         from ..train.experiment import load_run
         data = self.data(res.cell.config.data)
         model, data, _ = load_run(best, device=res.cell.config.train.device, data=data)
@@ -484,6 +490,56 @@ class Runner:
         for res in results:
             if res.ok and res.shared_with is None:
                 self.per_user(res)
+
+
+def _fresh(path: Path, best: Path) -> bool:
+    """``path`` exists and is not older than the checkpoint ``best`` it came from."""
+    return path.is_file() and (not best.is_file() or
+                               path.stat().st_mtime_ns >= best.stat().st_mtime_ns)
+
+
+class Collected:
+    """Read-only access to what :meth:`Experiment.collect` wrote under an
+    experiment's directory ``root``: what a report reads. It only reads files (it
+    holds no runner, loads no data, builds no model); a file that is missing (or
+    older than the checkpoint it was computed from) is a
+    :class:`~mambarec_pyg.errors.CollectedFileMissing` naming it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def missing(self, path: Path, why: str = 'is missing') -> CollectedFileMissing:
+        return CollectedFileMissing(
+            f'{path}: {why}; the report reads the files an experiment collects after '
+            f'its runs -- run the same command again (finished runs are reused and '
+            f'the files collected again)')
+
+    def path(self, relative) -> Path:
+        """``root / relative``, which must be a file."""
+        path = self.root / relative
+        if not path.is_file():
+            raise self.missing(path)
+        return path
+
+    def json(self, relative) -> Any:
+        """The JSON file ``root / relative``."""
+        return json.loads(self.path(relative).read_text())
+
+    def npz(self, relative) -> Dict[str, np.ndarray]:
+        """The arrays of the ``.npz`` file ``root / relative``."""
+        with np.load(self.path(relative)) as z:
+            return {k: z[k] for k in z.files}
+
+    def per_user(self, res: CellResult) -> Dict[str, np.ndarray]:
+        """``res``'s per-user test metrics (``users``, ``recall@K``, ``ndcg@K``), as
+        :meth:`Runner.collect` wrote them in its run directory."""
+        path = res.directory / PER_USER_FILE
+        if not path.is_file():
+            raise self.missing(path)
+        if not _fresh(path, res.directory / 'best.pt'):
+            raise self.missing(path, 'is older than the best.pt beside it')
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
 
 
 def _config_key(cell: Cell) -> str:
@@ -530,7 +586,8 @@ class Experiment:
 
     Subclasses set :attr:`name`, :attr:`title`, :attr:`paper_ref` and
     :attr:`default_datasets`, and implement :meth:`plan` (the cells) and
-    :meth:`report` (tables and figures from the results). An experiment with a
+    :meth:`report` (tables and figures from the results and the collected files;
+    what else the report needs is written by :meth:`collect`). An experiment with a
     second stage (Table 2's ``--search``: the other seeds of the selected
     configuration) overrides :meth:`execute`.
     """
@@ -559,12 +616,15 @@ class Experiment:
     def collect(self, setup: Setup, results: List[CellResult], runner: Runner) -> None:
         """After the runs, before the report: write what the report reads beside the
         runs (per-user test metrics where :attr:`per_user`; an experiment may add
-        its own), so that the report reads files and builds no model."""
+        its own). The only step after the runs that may use the runner, load data
+        or build a model."""
         if self.per_user:
             runner.collect(results)
 
     def report(self, setup: Setup, results: List[CellResult],
-               runner: Runner) -> 'ExperimentResult':
+               collected: Collected) -> 'ExperimentResult':
+        """Tables and figures from ``results`` and the files :meth:`collect` wrote,
+        read through ``collected`` (never the runner, never a model)."""
         raise NotImplementedError
 
     def planned_total(self, setup: Setup) -> int:
@@ -575,7 +635,8 @@ class Experiment:
 
     # -- the whole thing ----------------------------------------------------------
     def run(self, setup: Setup) -> ExperimentResult:
-        """Plan, run (reusing finished cells), report; write ``summary.json``.
+        """Plan, run (reusing finished cells), collect, report; write
+        ``summary.json``.
 
         Raises :class:`KeyboardInterrupt` after writing a partial summary when a run
         was interrupted.
@@ -599,7 +660,7 @@ class Experiment:
             raise
         runner.close()
         self.collect(setup, results, runner)
-        out = self.report(setup, results, runner)
+        out = self.report(setup, results, Collected(setup.output))
         out.status = 'incomplete' if out.failed else 'complete'
         if out.failed and 'markdown' in out.files:
             _append_failures(Path(out.files['markdown']), out.failed)

@@ -27,7 +27,7 @@ import numpy as np
 
 from .paper import CL_WEIGHTS, GRID_SOURCES, MMD_WEIGHTS, REDUCTION_FACTORS
 from .report import aggregate, fmt, markdown_table, marks, write_outputs
-from .runner import CellResult, ExperimentResult, Runner, Setup, note
+from .runner import CellResult, Collected, ExperimentResult, Setup, note
 from .sweep import Setting, SweepExperiment, number_key
 
 __all__ = ['Sensitivity']
@@ -90,7 +90,7 @@ class Sensitivity(SweepExperiment):
 
     # -- report -------------------------------------------------------------------
     def report(self, setup: Setup, results: List[CellResult],
-               runner: Runner) -> ExperimentResult:
+               collected: Collected) -> ExperimentResult:
         rows = self.rows(setup)
         g = self.grids(setup)
         parts = self._parts(setup)

@@ -21,7 +21,7 @@ from .compare import compare_runs, significance_section
 from .paper import METRICS
 from .presets import Preset, resolve_row
 from .report import METRIC_NAMES, aggregate, fmt, fmt_value, markdown_table, marks
-from .runner import Cell, CellResult, Experiment, Runner, Setup
+from .runner import Cell, CellResult, Collected, Experiment, Setup
 
 __all__ = ['Setting', 'SweepExperiment', 'settings_table', 'settings_bars',
            'number_key']
@@ -87,7 +87,7 @@ class SweepExperiment(Experiment):
         return cells
 
 
-def settings_table(setup: Setup, runner: Runner, results: Sequence[CellResult],
+def settings_table(setup: Setup, collected: Collected, results: Sequence[CellResult],
                    rows: Sequence[Preset], settings: Sequence[Setting],
                    reference: str,
                    paper: Callable[[Preset, Setting, Optional[str], str],
@@ -145,7 +145,7 @@ def settings_table(setup: Setup, runner: Runner, results: Sequence[CellResult],
             for s in settings:
                 if s.label == reference:
                     continue
-                cmp = compare_runs(runner, ref, _runs(results, label, p.name, s.label),
+                cmp = compare_runs(collected, ref, _runs(results, label, p.name, s.label),
                                    f'{p.name} ({reference})', f'{p.name} ({s.label})',
                                    metrics)
                 ds_json['significance'][f'{p.name}: {reference} vs {s.label}'] = cmp

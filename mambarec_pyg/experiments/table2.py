@@ -29,7 +29,8 @@ from .presets import Preset, resolve_row
 from .report import (METRIC_NAMES, aggregate, fmt, fmt_value, markdown_table, marks,
                      write_outputs)
 from .compare import compare_runs, significance_section
-from .runner import Cell, CellResult, Experiment, ExperimentResult, Runner, Setup, note
+from .runner import (Cell, CellResult, Collected, Experiment, ExperimentResult,
+                     Runner, Setup, note)
 from .significance import TEST_NAMES
 
 __all__ = ['Table2', 'default_rows', 'compare']
@@ -146,7 +147,7 @@ class Table2(Experiment):
 
     # -- report -------------------------------------------------------------------
     def report(self, setup: Setup, results: List[CellResult],
-               runner: Runner) -> ExperimentResult:
+               collected: Collected) -> ExperimentResult:
         rows = self.rows(setup)
         stats = aggregate(results, ('dataset', 'row'), METRICS, setup.output)
         md = ['# Table 2: overall performance (test, at the best valid epoch)', '']
@@ -160,7 +161,7 @@ class Table2(Experiment):
             'metrics': list(METRICS), 'seeds': setup.seeds, 'tests': TEST_NAMES,
             'significance_level': SIGNIFICANCE_LEVEL, 'datasets': {}}
         for ds in setup.datasets:
-            entry = self._dataset_report(setup, ds, rows, stats, results, runner)
+            entry = self._dataset_report(setup, ds, rows, stats, results, collected)
             table['datasets'][ds.label] = entry['json']
             md += entry['markdown']
             records += entry['records']
@@ -174,7 +175,8 @@ class Table2(Experiment):
             files['figure'] = self._figure(setup, rows, stats)
         return ExperimentResult(self.name, 'complete', results, files, table)
 
-    def _dataset_report(self, setup, ds, rows, stats, results, runner) -> Dict[str, Any]:
+    def _dataset_report(self, setup, ds, rows, stats, results,
+                        collected) -> Dict[str, Any]:
         label = ds.label
         present = [p for p in rows if (label, p.name) in stats]
         mk = {m: marks({p.name: stats[(label, p.name)][m].mean for p in present})
@@ -207,7 +209,7 @@ class Table2(Experiment):
                                 'paper': paper[m],
                                 'runs': ';'.join(s[m].runs) if s else ''})
         md = [f'## {label}' + (f' (the paper\'s {ds.paper})' if ds.paper else ''), '']
-        comparison = compare(setup, runner, results, label, present, stats, ds.paper)
+        comparison = compare(setup, collected, results, label, present, stats, ds.paper)
         if comparison['improvement']:
             for ch, imp in comparison['improvement'].items():
                 row = [f'improvement of {ch} over the best baseline']
@@ -269,8 +271,8 @@ def _protocol_line(setup: Setup, exp: Experiment) -> str:
 # ---------------------------------------------------------------------------------
 # Improvement and significance (shared with Table 3 and the ablation)
 # ---------------------------------------------------------------------------------
-def compare(setup: Setup, runner: Runner, results: Sequence[CellResult], label: str,
-            rows: Sequence[Preset], stats, paper_dataset: Optional[str],
+def compare(setup: Setup, collected: Collected, results: Sequence[CellResult],
+            label: str, rows: Sequence[Preset], stats, paper_dataset: Optional[str],
             metrics: Sequence[str] = METRICS) -> Dict[str, Any]:
     """Improvement of every MambaRec row over the best baseline (per metric) and
     paired tests against the best baseline by mean test Recall@20."""
@@ -301,7 +303,7 @@ def compare(setup: Setup, runner: Runner, results: Sequence[CellResult], label: 
             imp[m] = entry
         out['improvement'][ch.name] = imp
         out['significance'][ch.name] = compare_runs(
-            runner, _runs(results, label, ch.name), _runs(results, label, best.name),
+            collected, _runs(results, label, ch.name), _runs(results, label, best.name),
             ch.name, best.name, metrics)
     return out
 

@@ -17,7 +17,7 @@ from typing import List, Optional
 from .paper import METRICS, table3_value
 from .presets import Preset
 from .report import write_outputs
-from .runner import CellResult, ExperimentResult, Runner, Setup, note
+from .runner import CellResult, Collected, ExperimentResult, Setup, note
 from .sweep import Setting, SweepExperiment, settings_bars, settings_table
 
 __all__ = ['Table3', 'SETTINGS']
@@ -46,7 +46,7 @@ class Table3(SweepExperiment):
                 for key, label, mods, paper in SETTINGS]
 
     def report(self, setup: Setup, results: List[CellResult],
-               runner: Runner) -> ExperimentResult:
+               collected: Collected) -> ExperimentResult:
         rows, settings = self.rows(setup), self.settings(setup)
         md = ['# Table 3: MambaRec with text only, visual only, and both '
               '(test, at the best valid epoch)', '']
@@ -54,7 +54,7 @@ class Table3(SweepExperiment):
         if caveat:
             md += [f'> **Note.** {caveat}.', '']
         body, records, per_ds, stats = settings_table(
-            setup, runner, results, rows, settings, 'text + visual', _paper,
+            setup, collected, results, rows, settings, 'text + visual', _paper,
             paper_label="paper's Table 3")
         md += body
         table = {'experiment': self.name, 'paper': self.paper_ref, 'note': caveat,
