@@ -184,6 +184,13 @@ def test_resume_allows_exactly_the_resumable_changes():
     _resume(_saved(base), base)
     changed = _config(max_epochs=9, patience=1, patience_warmup=2, num_threads=1,
                       eval_batch_size=8, deterministic=False, checkpoint_interval_s=0)
+    # the changed config really differs, and only in resumable fields
+    differs = {d.field for d in config_diffs(base.to_dict(), changed.to_dict(),
+                                             ignore=())}
+    assert differs == {'train.max_epochs', 'train.patience', 'train.patience_warmup',
+                       'train.num_threads', 'train.eval_batch_size',
+                       'train.deterministic', 'train.checkpoint_interval_s'}
+    assert differs <= set(RESUMABLE_CHANGES)
     _resume(_saved(base), changed)
     _resume(_saved(base), changed, whole=False)
 
