@@ -300,3 +300,20 @@ def itemknn_weights(data, k: int = 10, shrink: float = 10.0) -> np.ndarray:
         top = np.argsort(-sim[i], kind='stable')[:k]
         W[i, top] = sim[i, top]
     return W
+
+
+def one_line(err: str) -> str:
+    """The one non-blank line of a command's stderr (asserting there is one and no
+    traceback)."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert 'Traceback' not in err
+    return lines[0]
+
+
+def snapshot(directory: Path) -> dict:
+    """Every file of ``directory`` (hidden ones included, but the lock) and its
+    bytes."""
+    from mambarec_pyg.train.rundir import RunLock
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())
+            if p.is_file() and p.name != RunLock.NAME}

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from support import one_line as _one_line, snapshot as _snapshot
+
 from mambarec_pyg.cli import main
 from mambarec_pyg.data import write_mmrec
 from mambarec_pyg.train.rundir import RunLock
@@ -30,19 +32,6 @@ FAST = ['--train.batch-size', '256', '--device', 'cpu', '--quiet']
 def _train(out: Path, *extra: str, epochs: int = 1) -> int:
     return main(['train', '--synthetic', 'tiny', '--output', str(out),
                  '--train.max-epochs', str(epochs), *FAST, *extra])
-
-
-def _one_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert 'Traceback' not in err
-    return lines[0]
-
-
-def _snapshot(directory: Path) -> dict:
-    """Every file of ``directory`` (but the lock) and its bytes."""
-    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())
-            if p.is_file() and p.name != RunLock.NAME}
 
 
 @pytest.fixture(scope='module')

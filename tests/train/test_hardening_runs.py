@@ -11,23 +11,22 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from support import MF, MFConfig
+from support import MF, MFConfig, one_line as _one_line, snapshot as _snapshot
 
 from mambarec_pyg.cli import main
 from mambarec_pyg.config import Config, ConfigError, DataConfig, TrainConfig
-from mambarec_pyg.errors import CheckpointError, NonFiniteError, TrainingDivergedError
+from mambarec_pyg.errors import NonFiniteError, TrainingDivergedError
 from mambarec_pyg.io import atomic_path, leftover_temporaries
 from mambarec_pyg.models.registry import get_config_class
 from mambarec_pyg.train.checkpoint import (first_nonfinite, load_checkpoint,
                                            save_checkpoint, seed_everything)
-from mambarec_pyg.train.rundir import RunLock, check_resume
+from mambarec_pyg.train.rundir import check_resume
 from mambarec_pyg.train.step import TrainingStep
 from mambarec_pyg.train.trainer import Trainer
 
@@ -38,20 +37,6 @@ FAST = ['--train.batch-size', '256', '--device', 'cpu', '--quiet',
 def _train(out: Path, *extra: str, epochs: int = 1) -> int:
     return main(['train', '--synthetic', 'tiny', '--output', str(out),
                  '--train.max-epochs', str(epochs), *FAST, *extra])
-
-
-def _one_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert 'Traceback' not in err
-    return lines[0]
-
-
-def _snapshot(directory: Path) -> dict:
-    """Every file of ``directory`` (hidden ones included, but the lock) and its
-    bytes."""
-    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())
-            if p.is_file() and p.name != RunLock.NAME}
 
 
 @pytest.fixture(scope='module')
